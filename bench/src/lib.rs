@@ -1,0 +1,39 @@
+//! `bench`: a scripted vhost-user front-end, the base of `vhost-pktgen`.
+//!
+//! It plays the part of QEMU or DPDK's virtio_user against a vhost-user-net backend over a
+//! real unix socket. It uses `vhost`'s message definitions but its own framing, so that it
+//! can send both the legal sequences real front-ends send ([`sequences`]) and any illegal
+//! variant (wrong sizes, fd counts, versions, flags, truncated messages) through
+//! [`Connection::send`] / [`Connection::send_raw`].
+//!
+//! - [`memory`]: memfd-backed shared guest memory ([`SharedMemory`]).
+//! - [`wire`]: framing, fd passing, replies with deadlines ([`Connection`], [`Reply`]).
+//! - [`payload`]: byte encodings of the request payloads.
+//! - [`frontend`]: one method per request ([`Frontend`]).
+//! - [`vring`]: split ring layout and eventfds ([`Vring`], [`Ring`]).
+//! - [`sequences`]: replays of QEMU 7.2 and DPDK 22.11 handshakes.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod frontend;
+pub mod memory;
+pub mod payload;
+pub mod sequences;
+pub mod vring;
+pub mod wire;
+
+pub use error::{Error, Malformed, Result};
+pub use frontend::{Frontend, DEFAULT_REPLY_TIMEOUT};
+pub use memory::{HugePages, SharedMemory};
+pub use sequences::{DpdkOptions, Negotiated, QemuOptions};
+pub use vring::{Ring, Vring};
+pub use wire::{Connection, Reply, FLAG_NEED_REPLY, FLAG_REPLY, VERSION};
+
+/// Re-exports of the `vhost` message types the API uses.
+pub use vhost::vhost_user::message::{
+    FrontendReq, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserVringAddr, VhostUserVringAddrFlags,
+};
+/// Re-export of `vm_memory::ByteValued` (for [`SharedMemory::write_obj`]).
+pub use vm_memory::ByteValued;

@@ -1,0 +1,438 @@
+//! Daemon settings: a TOML file (`--config`) merged with command-line flags.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// How packets are switched between ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// L2 learning bridge.
+    #[default]
+    Learning,
+    /// Ports paired in order (p0<->p1, p2<->p3, ...).
+    Xconnect,
+}
+
+/// Whether the switch listens or connects for a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The switch creates the socket and accepts one front-end at a time.
+    Server,
+    /// The switch connects to a front-end's server socket, reconnecting with backoff.
+    Client,
+}
+
+/// One port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Unique name.
+    pub name: String,
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Server or client mode.
+    pub role: Role,
+    /// Queue pairs offered (GET_QUEUE_NUM).
+    pub queue_pairs: u16,
+    /// MAC address in the device config space.
+    pub mac: [u8; 6],
+}
+
+/// Everything the daemon runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Ports, in order (xconnect pairs follow this order).
+    pub ports: Vec<PortConfig>,
+    /// Switching mode.
+    pub mode: Mode,
+    /// Cores for poll-mode threads.
+    pub pmd_cores: Vec<usize>,
+    /// Core for the control thread.
+    pub control_core: usize,
+    /// Memory regions a front-end may map per port.
+    pub max_mem_slots: u32,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {err}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// TOML syntax or schema error.
+    #[error("config {path}: {err}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: Box<toml::de::Error>,
+    },
+    /// A value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    mode: Option<Mode>,
+    pmd_cores: Option<Vec<usize>>,
+    control_core: Option<usize>,
+    max_mem_slots: Option<u32>,
+    #[serde(default, rename = "port")]
+    ports: Vec<FilePort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePort {
+    name: String,
+    socket: PathBuf,
+    #[serde(default)]
+    client: bool,
+    queues: Option<u16>,
+    mac: Option<String>,
+}
+
+/// Settings given on the command line; each overrides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--port NAME=PATH` (server mode).
+    pub server_ports: Vec<(String, PathBuf)>,
+    /// `--client NAME=PATH` (client mode).
+    pub client_ports: Vec<(String, PathBuf)>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+    /// `--pmd-cores`.
+    pub pmd_cores: Option<Vec<usize>>,
+    /// `--control-core`.
+    pub control_core: Option<usize>,
+    /// `--max-mem-slots`.
+    pub max_mem_slots: Option<u32>,
+}
+
+/// Default and upper limit of memory regions per port.
+pub const DEFAULT_MAX_MEM_SLOTS: u32 = 32;
+const MAX_QUEUE_PAIRS: u16 = 64;
+
+/// Parses `NAME=PATH`.
+pub fn parse_port_arg(arg: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("'{arg}' is not NAME=SOCKET_PATH"))?;
+    if path.is_empty() {
+        return Err(format!("'{arg}': empty socket path"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// Parses a core list such as `1`, `1,3` or `2-5`.
+pub fn parse_core_list(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("'{part}' in core list '{list}' is not N or N-M");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("core list '{list}' is empty"));
+    }
+    Ok(cores)
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || {
+        invalid(format!(
+            "MAC '{text}' is not six hex bytes like 02:00:00:00:00:01"
+        ))
+    };
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(invalid(format!("MAC '{text}' is a multicast address")));
+    }
+    Ok(mac)
+}
+
+/// A locally administered MAC unique to the port's position.
+fn default_mac(index: usize) -> [u8; 6] {
+    let i = index as u32 + 1;
+    [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+impl Config {
+    /// Reads the optional file, applies the flags and validates the result against a
+    /// machine with `cpus` cores.
+    pub fn load(file: Option<&Path>, flags: Overrides, cpus: usize) -> Result<Config, ConfigError> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+                    path: path.into(),
+                    err,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Parse {
+                    path: path.into(),
+                    err: Box::new(err),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::build(parsed, flags, cpus)
+    }
+
+    /// Parses TOML text (for tests and embedded defaults).
+    pub fn from_toml(text: &str, flags: Overrides, cpus: usize) -> Result<Config, ConfigError> {
+        let parsed = toml::from_str::<FileConfig>(text).map_err(|err| ConfigError::Parse {
+            path: "<inline>".into(),
+            err: Box::new(err),
+        })?;
+        Self::build(parsed, flags, cpus)
+    }
+
+    fn build(file: FileConfig, flags: Overrides, cpus: usize) -> Result<Config, ConfigError> {
+        let mut ports: Vec<PortConfig> = Vec::new();
+        for p in file.ports {
+            let mac = p.mac.as_deref().map(parse_mac).transpose()?;
+            ports.push(PortConfig {
+                name: p.name,
+                socket: p.socket,
+                role: if p.client { Role::Client } else { Role::Server },
+                queue_pairs: p.queues.unwrap_or(1),
+                mac: mac.unwrap_or([0; 6]),
+            });
+        }
+        let flag_ports = flags
+            .server_ports
+            .into_iter()
+            .map(|p| (p, Role::Server))
+            .chain(flags.client_ports.into_iter().map(|p| (p, Role::Client)));
+        let mut from_flags = HashSet::new();
+        for ((name, socket), role) in flag_ports {
+            if !from_flags.insert(name.clone()) {
+                return Err(invalid(format!(
+                    "port name '{name}' is used twice on the command line"
+                )));
+            }
+            match ports.iter_mut().find(|p| p.name == name) {
+                Some(p) => {
+                    p.socket = socket;
+                    p.role = role;
+                }
+                None => ports.push(PortConfig {
+                    name,
+                    socket,
+                    role,
+                    queue_pairs: 1,
+                    mac: [0; 6],
+                }),
+            }
+        }
+        for (i, p) in ports.iter_mut().enumerate() {
+            if p.mac == [0; 6] {
+                p.mac = default_mac(i);
+            }
+        }
+        let default_pmd = if cpus > 1 { vec![1] } else { vec![0] };
+        let config = Config {
+            ports,
+            mode: flags.mode.or(file.mode).unwrap_or_default(),
+            pmd_cores: flags.pmd_cores.or(file.pmd_cores).unwrap_or(default_pmd),
+            control_core: flags.control_core.or(file.control_core).unwrap_or(0),
+            max_mem_slots: flags
+                .max_mem_slots
+                .or(file.max_mem_slots)
+                .unwrap_or(DEFAULT_MAX_MEM_SLOTS),
+        };
+        config.validate(cpus)?;
+        Ok(config)
+    }
+
+    fn validate(&self, cpus: usize) -> Result<(), ConfigError> {
+        if self.ports.is_empty() {
+            return Err(invalid("no ports: give --port NAME=SOCKET_PATH, --client NAME=SOCKET_PATH or [[port]] in --config"));
+        }
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        for p in &self.ports {
+            let name_ok = !p.name.is_empty()
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(invalid(format!(
+                    "port name '{}' must be letters, digits, '-' or '_'",
+                    p.name
+                )));
+            }
+            if !names.insert(&p.name) {
+                return Err(invalid(format!("port name '{}' is used twice", p.name)));
+            }
+            if !paths.insert(&p.socket) {
+                return Err(invalid(format!(
+                    "socket {} is used by two ports",
+                    p.socket.display()
+                )));
+            }
+            if p.queue_pairs == 0 || p.queue_pairs > MAX_QUEUE_PAIRS {
+                return Err(invalid(format!(
+                    "port '{}': queues must be 1..={MAX_QUEUE_PAIRS}",
+                    p.name
+                )));
+            }
+        }
+        if self.mode == Mode::Xconnect && !self.ports.len().is_multiple_of(2) {
+            return Err(invalid(format!(
+                "xconnect pairs ports in order and needs an even number of ports, got {}",
+                self.ports.len()
+            )));
+        }
+        for &core in self
+            .pmd_cores
+            .iter()
+            .chain(std::iter::once(&self.control_core))
+        {
+            if core >= cpus {
+                return Err(invalid(format!(
+                    "core {core} does not exist (this machine has cores 0..{})",
+                    cpus - 1
+                )));
+            }
+        }
+        if cpus > 1 && self.pmd_cores.contains(&self.control_core) {
+            return Err(invalid(format!(
+                "control core {} is also a PMD core; the control thread never runs on a PMD core",
+                self.control_core
+            )));
+        }
+        if self.max_mem_slots == 0 || self.max_mem_slots > 509 {
+            return Err(invalid(format!(
+                "max_mem_slots {} is outside 1..=509",
+                self.max_mem_slots
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags_with(ports: &[(&str, &str)]) -> Overrides {
+        Overrides {
+            server_ports: ports
+                .iter()
+                .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let toml = r#"
+            mode = "xconnect"
+            pmd_cores = [1]
+            [[port]]
+            name = "a"
+            socket = "/tmp/a.sock"
+            mac = "02:00:00:00:00:aa"
+            [[port]]
+            name = "b"
+            socket = "/tmp/b.sock"
+            client = true
+        "#;
+        let mut flags = flags_with(&[("b", "/tmp/b2.sock")]);
+        flags.mode = Some(Mode::Learning);
+        let c = Config::from_toml(toml, flags, 2).unwrap();
+        assert_eq!(c.mode, Mode::Learning);
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].mac, [2, 0, 0, 0, 0, 0xaa]);
+        assert_eq!(c.ports[1].socket, PathBuf::from("/tmp/b2.sock"));
+        assert_eq!(c.ports[1].role, Role::Server);
+        assert_eq!(c.ports[1].mac, default_mac(1));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let two = flags_with(&[("a", "/x"), ("a", "/y")]);
+        assert!(Config::from_toml("", two, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        assert!(Config::from_toml("", Overrides::default(), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("no ports"));
+        let mut odd = flags_with(&[("a", "/x")]);
+        odd.mode = Some(Mode::Xconnect);
+        assert!(Config::from_toml("", odd, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("even"));
+        let mut core = flags_with(&[("a", "/x")]);
+        core.pmd_cores = Some(vec![7]);
+        assert!(Config::from_toml("", core, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("core 7"));
+        let mut same = flags_with(&[("a", "/x")]);
+        same.pmd_cores = Some(vec![0]);
+        assert!(Config::from_toml("", same, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("control core"));
+        let unknown = "[[port]]\nname = \"a\"\nsocket = \"/x\"\ncolour = 1\n";
+        assert!(matches!(
+            Config::from_toml(unknown, Overrides::default(), 2),
+            Err(ConfigError::Parse { .. })
+        ));
+        let mac = "[[port]]\nname = \"a\"\nsocket = \"/x\"\nmac = \"01:00:00:00:00:01\"\n";
+        assert!(Config::from_toml(mac, Overrides::default(), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
+    }
+
+    #[test]
+    fn core_lists_and_port_args() {
+        assert_eq!(parse_core_list("1,3-5"), Ok(vec![1, 3, 4, 5]));
+        assert!(parse_core_list("5-3").is_err());
+        assert!(parse_core_list("x").is_err());
+        assert_eq!(
+            parse_port_arg("p0=/tmp/s"),
+            Ok(("p0".into(), PathBuf::from("/tmp/s")))
+        );
+        assert!(parse_port_arg("p0").is_err());
+    }
+}

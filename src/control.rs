@@ -1,0 +1,169 @@
+//! The control thread: one epoll loop over every port's listener and session.
+//!
+//! Every message of every port is handled here, in order, never blocking: sockets are
+//! nonblocking, replies are sent without waiting, and a client-mode port's reconnect is
+//! a deadline, not a sleep.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::port::{Endpoint, Port};
+use crate::vhost_user::session::SessionEnd;
+
+const KIND_SHUTDOWN: u64 = 0;
+const KIND_LISTENER: u64 = 1;
+const KIND_SESSION: u64 = 2;
+
+fn token(kind: u64, port: usize) -> u64 {
+    (kind << 32) | port as u64
+}
+
+/// The control loop and the ports it owns.
+pub struct ControlLoop {
+    epoll: Epoll,
+    ports: Vec<Port>,
+    shutdown: EventFd,
+}
+
+impl ControlLoop {
+    /// Registers the ports; `shutdown` ends [`ControlLoop::run`] when written.
+    pub fn new(ports: Vec<Port>, shutdown: EventFd) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        add(&epoll, shutdown.as_raw_fd(), token(KIND_SHUTDOWN, 0))?;
+        for (i, port) in ports.iter().enumerate() {
+            if let Endpoint::Server { listener } = &port.endpoint {
+                add(&epoll, listener.as_raw_fd(), token(KIND_LISTENER, i))?;
+            }
+        }
+        Ok(ControlLoop {
+            epoll,
+            ports,
+            shutdown,
+        })
+    }
+
+    /// The ports (for final counters after `run`).
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    /// Runs until the shutdown eventfd is written.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            self.connect_clients();
+            let timeout = self.timeout_ms();
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for event in &events[..n] {
+                let (kind, index) = (event.data() >> 32, (event.data() & 0xffff_ffff) as usize);
+                match kind {
+                    KIND_SHUTDOWN => {
+                        let _ = self.shutdown.read();
+                        return Ok(());
+                    }
+                    KIND_LISTENER => self.accept(index),
+                    _ => self.serve(index, event.event_set()),
+                }
+            }
+        }
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        self.ports
+            .iter()
+            .filter_map(Port::next_attempt)
+            .map(|at| at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1)
+            .min()
+            .unwrap_or(-1)
+    }
+
+    fn connect_clients(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.ports.len() {
+            if self.ports[i].try_connect(now) {
+                self.register_session(i);
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let port = &mut self.ports[index];
+            let Endpoint::Server { listener } = &port.endpoint else {
+                return;
+            };
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(port = %port.config.name, "accept failed: {e}");
+                    return;
+                }
+            };
+            if port.session.is_some() {
+                // The current front-end may have closed without us having read its EOF
+                // yet: drain it first, so a reconnect is not mistaken for a second one.
+                self.serve(index, EventSet::IN);
+            }
+            let port = &mut self.ports[index];
+            if port.session.is_some() {
+                // One front-end at a time: the second one sees EOF at once, not a hang.
+                tracing::warn!(port = %port.config.name, "refused a second front-end: the port already has one");
+                continue;
+            }
+            match port.attach(stream) {
+                Ok(()) => self.register_session(index),
+                Err(e) => tracing::warn!(port = %port.config.name, "cannot use connection: {e}"),
+            }
+        }
+    }
+
+    fn register_session(&mut self, index: usize) {
+        let fd = match &self.ports[index].session {
+            Some(s) => s.socket().as_raw_fd(),
+            None => return,
+        };
+        if let Err(e) = add(&self.epoll, fd, token(KIND_SESSION, index)) {
+            tracing::error!(port = %self.ports[index].config.name, "cannot watch connection: {e}");
+            self.ports[index].detach(&SessionEnd::ReplyFailed(e));
+        }
+    }
+
+    fn serve(&mut self, index: usize, events: EventSet) {
+        let port = &mut self.ports[index];
+        let Some(session) = port.session.as_mut() else {
+            return;
+        };
+        let fd = session.socket().as_raw_fd();
+        let mut result = session.on_readable(&mut port.counters);
+        if result.is_ok()
+            && events.intersects(EventSet::HANG_UP | EventSet::ERROR)
+            && !events.contains(EventSet::IN)
+        {
+            result = Err(SessionEnd::PeerClosed);
+        }
+        if let Err(end) = result {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            port.detach(&end);
+        }
+    }
+}
+
+fn add(epoll: &Epoll, fd: RawFd, data: u64) -> io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, data),
+    )
+}

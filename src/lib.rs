@@ -1,0 +1,11 @@
+//! vhost-switch control plane: configuration, ports and the vhost-user backend.
+//!
+//! The binary (`src/main.rs`) wires these together; the data plane lives in the `pmd`
+//! crate and receives immutable snapshots from [`vhost_user::device::NetDevice`].
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod port;
+pub mod vhost_user;

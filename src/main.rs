@@ -1,0 +1,200 @@
+//! `vhost-switch`: the daemon's command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vmm_sys_util::eventfd::EventFd;
+
+use vhost_switch::config::{self, Config, Mode, Overrides, Role};
+use vhost_switch::control::ControlLoop;
+use vhost_switch::port::Port;
+
+#[derive(Parser)]
+#[command(
+    name = "vhost-switch",
+    version,
+    about = "A poll-mode vhost-user-net backend and software switch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A server-mode port: the switch creates SOCKET_PATH and accepts a front-end.
+    #[arg(long = "port", value_name = "NAME=SOCKET_PATH", value_parser = config::parse_port_arg)]
+    ports: Vec<(String, PathBuf)>,
+    /// A client-mode port: the switch connects to a front-end listening on SOCKET_PATH.
+    #[arg(long = "client", value_name = "NAME=SOCKET_PATH", value_parser = config::parse_port_arg)]
+    clients: Vec<(String, PathBuf)>,
+    /// Switching mode.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Cores for poll-mode threads, e.g. `1` or `2-5,7`.
+    #[arg(long, value_name = "LIST")]
+    pmd_cores: Option<String>,
+    /// Core for the control thread.
+    #[arg(long, value_name = "N")]
+    control_core: Option<usize>,
+    /// Memory regions a front-end may map per port (GET_MAX_MEM_SLOTS).
+    #[arg(long, value_name = "N")]
+    max_mem_slots: Option<u32>,
+    /// TOML file with the same settings; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("vhost-switch: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    init_logging();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pmd_cores = args
+        .pmd_cores
+        .as_deref()
+        .map(config::parse_core_list)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--pmd-cores: {e}"))?;
+    let flags = Overrides {
+        server_ports: args.ports,
+        client_ports: args.clients,
+        mode: args.mode,
+        pmd_cores,
+        control_core: args.control_core,
+        max_mem_slots: args.max_mem_slots,
+    };
+    let config = Config::load(args.config.as_deref(), flags, cpus)?;
+    let shutdown = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
+    watch_signals(shutdown.try_clone().context("eventfd")?)?;
+    pin_control_thread(config.control_core)?;
+
+    let mut ports = Vec::new();
+    for port_config in &config.ports {
+        // On error, ports opened so far are dropped; remove their sockets too.
+        match Port::open(port_config.clone(), config.max_mem_slots) {
+            Ok(port) => ports.push(port),
+            Err(e) => {
+                ports.iter().for_each(Port::remove_socket);
+                return Err(e.into());
+            }
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        for p in &ports {
+            let how = match p.config.role {
+                Role::Server => "listening on",
+                Role::Client => "connecting to",
+            };
+            writeln!(
+                out,
+                "port {}: {how} {}",
+                p.config.name,
+                p.config.socket.display()
+            )?;
+        }
+        out.flush()?;
+    }
+    tracing::warn!(
+        mode = ?config.mode,
+        pmd_cores = ?config.pmd_cores,
+        "the data plane is not implemented yet: front-ends negotiate, map memory and start \
+         rings, but no packets are forwarded and no PMD threads run"
+    );
+    let mut control = ControlLoop::new(ports, shutdown).context("control loop")?;
+    control.run().context("control loop")?;
+    for port in control.ports() {
+        port.remove_socket();
+    }
+    print_counters(control.ports());
+    Ok(())
+}
+
+/// Blocks SIGINT/SIGTERM in every thread and turns them into a write to `shutdown`.
+fn watch_signals(shutdown: EventFd) -> Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t; the mask calls only read it.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    anyhow::ensure!(rc == 0, "cannot block SIGINT/SIGTERM");
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: `set` lives in this closure; sigwait writes the signal number into `signal`.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                tracing::info!(signal, "stopping");
+                let _ = shutdown.write(1);
+            }
+        })?;
+    Ok(())
+}
+
+fn pin_control_thread(core: usize) -> Result<()> {
+    let ids = core_affinity::get_core_ids().unwrap_or_default();
+    let id = ids
+        .into_iter()
+        .find(|c| c.id == core)
+        .with_context(|| format!("control core {core} is not available to this process"))?;
+    anyhow::ensure!(
+        core_affinity::set_for_current(id),
+        "cannot pin the control thread to core {core}"
+    );
+    Ok(())
+}
+
+fn print_counters(ports: &[Port]) {
+    println!(
+        "{:<12} {:>11} {:>9} {:>9} {:>7} {:>8}  last disconnect",
+        "port", "connections", "requests", "rejected", "nacked", "framing"
+    );
+    for p in ports {
+        let c = &p.counters;
+        println!(
+            "{:<12} {:>11} {:>9} {:>9} {:>7} {:>8}  {}",
+            p.config.name,
+            c.connections,
+            c.requests,
+            c.rejected,
+            c.nacked,
+            c.framing_errors,
+            p.last_end.as_deref().unwrap_or("-")
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! The vhost-user-net device of one port connection: a state machine over front-end
+//! requests that enforces DESIGN §4.
+//!
+//! [`NetDevice::handle`] takes one framed request and returns either the reply payload
+//! the request defines, or the [`Violation`] it commits. The session layer turns a
+//! violation into a NACK (REPLY_ACK) or a closed connection; the device itself never
+//! changes state for a refused request.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use pmd::memory::GuestMemoryMap;
+use pmd::snapshot::{PortSnapshot, RingSnapshot};
+use vhost::vhost_user::message::{FrontendReq, VhostUserConfig, VhostUserVringState};
+use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
+use vm_memory::ByteValued;
+
+use super::config_space;
+use super::features::{self, bit, mask, OFFERED_FEATURES, OFFERED_PROTOCOL_FEATURES};
+use super::rings::VringState;
+use super::violation::Violation;
+use super::wire::Request;
+
+/// virtio status bits (virtio 1.2 §2.1).
+pub mod status {
+    /// The driver found the device.
+    pub const ACKNOWLEDGE: u8 = 1;
+    /// The driver knows how to drive it.
+    pub const DRIVER: u8 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u8 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 8;
+    /// The device needs a reset.
+    pub const NEEDS_RESET: u8 = 64;
+    /// The driver gave up.
+    pub const FAILED: u8 = 128;
+}
+
+/// Per-port settings the device is built from.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Port name, for logs.
+    pub port: String,
+    /// MAC address served in config space.
+    pub mac: [u8; 6],
+    /// Queue pairs (rings = 2 x pairs).
+    pub queue_pairs: u16,
+    /// Memory regions allowed (GET_MAX_MEM_SLOTS; SET_MEM_TABLE is capped at 8 by the spec).
+    pub max_mem_slots: u32,
+}
+
+/// What a handled request answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing (a REPLY_ACK `0` is added by the session when the front-end asked).
+    None,
+    /// The payload of the reply this request defines.
+    Payload(Vec<u8>),
+}
+
+/// The state of one front-end connection's device.
+#[derive(Debug)]
+pub struct NetDevice {
+    pub(super) cfg: DeviceConfig,
+    owner: bool,
+    protocol: u64,
+    acked: Option<u64>,
+    /// Features written by SET_FEATURES that break §5.1.3.1; FEATURES_OK will be refused.
+    invalid_acked: Option<u64>,
+    features_ok_refused: bool,
+    status: u8,
+    pub(super) memory: Arc<GuestMemoryMap>,
+    pub(super) rings: Vec<VringState>,
+    snapshot: Option<Arc<PortSnapshot>>,
+}
+
+/// Reads a fixed-size payload, checking its length exactly.
+pub(super) fn body<T: ByteValued + Default>(req: &Request) -> Result<T, Violation> {
+    let mut value = T::default();
+    let want = std::mem::size_of::<T>();
+    if req.payload.len() != want {
+        return Err(Violation::PayloadSize {
+            expected: want,
+            got: req.payload.len(),
+        });
+    }
+    value.as_mut_slice().copy_from_slice(&req.payload);
+    Ok(value)
+}
+
+/// Refuses descriptors on a request that carries none.
+pub(super) fn no_fds(req: &Request) -> Result<(), Violation> {
+    if !req.fds.is_empty() {
+        return Err(Violation::FdCount {
+            expected: "0",
+            got: req.fds.len(),
+        });
+    }
+    Ok(())
+}
+
+fn u64_body(req: &Request) -> Result<u64, Violation> {
+    Ok(body::<vhost::vhost_user::message::VhostUserU64>(req)?.value)
+}
+
+fn u64_reply(value: u64) -> Reply {
+    Reply::Payload(value.to_ne_bytes().to_vec())
+}
+
+impl NetDevice {
+    /// A device in its initial state (a new connection).
+    pub fn new(cfg: DeviceConfig) -> Self {
+        let rings = (0..u32::from(cfg.queue_pairs) * 2)
+            .map(|_| VringState::default())
+            .collect();
+        NetDevice {
+            cfg,
+            owner: false,
+            protocol: 0,
+            acked: None,
+            invalid_acked: None,
+            features_ok_refused: false,
+            status: 0,
+            memory: Arc::new(GuestMemoryMap::default()),
+            rings,
+            snapshot: None,
+        }
+    }
+
+    /// Protocol features negotiated by SET_PROTOCOL_FEATURES.
+    pub fn protocol_features(&self) -> u64 {
+        self.protocol
+    }
+
+    /// True when REPLY_ACK was negotiated: every NEED_REPLY request gets one u64 reply.
+    pub fn reply_ack(&self) -> bool {
+        self.protocol & Proto::REPLY_ACK.bits() != 0
+    }
+
+    /// Features acked by the last accepted SET_FEATURES.
+    pub fn acked_features(&self) -> Option<u64> {
+        self.acked
+    }
+
+    /// The virtio status byte as GET_STATUS reports it.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// The rings' states.
+    pub fn rings(&self) -> &[VringState] {
+        &self.rings
+    }
+
+    /// The current memory map.
+    pub fn memory(&self) -> &Arc<GuestMemoryMap> {
+        &self.memory
+    }
+
+    /// The snapshot the data plane reads: started rings with translated addresses.
+    pub fn snapshot(&self) -> Option<&Arc<PortSnapshot>> {
+        self.snapshot.as_ref()
+    }
+
+    /// Handles one request. On `Err` no state has changed.
+    pub fn handle(&mut self, req: &mut Request) -> Result<Reply, Violation> {
+        use FrontendReq as R;
+        match req.code {
+            R::GET_FEATURES => {
+                no_fds(req)?;
+                expect_empty(req)?;
+                Ok(u64_reply(OFFERED_FEATURES))
+            }
+            R::SET_FEATURES => self.set_features(req),
+            R::GET_PROTOCOL_FEATURES => {
+                no_fds(req)?;
+                expect_empty(req)?;
+                Ok(u64_reply(OFFERED_PROTOCOL_FEATURES))
+            }
+            R::SET_PROTOCOL_FEATURES => self.set_protocol_features(req),
+            R::SET_OWNER => {
+                no_fds(req)?;
+                expect_empty(req)?;
+                if self.owner {
+                    return Err(Violation::AlreadyOwner);
+                }
+                self.owner = true;
+                Ok(Reply::None)
+            }
+            R::GET_QUEUE_NUM => {
+                self.need_protocol(Proto::MQ, "MQ")?;
+                no_fds(req)?;
+                expect_empty(req)?;
+                Ok(u64_reply(u64::from(self.cfg.queue_pairs)))
+            }
+            R::SET_MEM_TABLE => self.set_mem_table(req),
+            R::GET_MAX_MEM_SLOTS => {
+                self.need_protocol(Proto::CONFIGURE_MEM_SLOTS, "CONFIGURE_MEM_SLOTS")?;
+                no_fds(req)?;
+                expect_empty(req)?;
+                Ok(u64_reply(u64::from(self.cfg.max_mem_slots)))
+            }
+            R::ADD_MEM_REG => self.add_mem_reg(req),
+            R::REM_MEM_REG => self.rem_mem_reg(req),
+            R::SET_VRING_NUM => self.set_vring_num(req),
+            R::SET_VRING_ADDR => self.set_vring_addr(req),
+            R::SET_VRING_BASE => self.set_vring_base(req),
+            R::GET_VRING_BASE => self.get_vring_base(req),
+            R::SET_VRING_KICK => self.set_vring_kick(req),
+            R::SET_VRING_CALL => self.set_vring_call(req),
+            R::SET_VRING_ERR => self.set_vring_err(req),
+            R::SET_VRING_ENABLE => self.set_vring_enable(req),
+            R::GET_CONFIG => self.get_config(req),
+            R::SET_CONFIG => {
+                self.need_protocol(Proto::CONFIG, "CONFIG")?;
+                Err(Violation::Config(
+                    "virtio-net config space is read-only".into(),
+                ))
+            }
+            R::SET_STATUS => self.set_status(req),
+            R::GET_STATUS => {
+                self.need_protocol(Proto::STATUS, "STATUS")?;
+                no_fds(req)?;
+                expect_empty(req)?;
+                Ok(u64_reply(u64::from(self.status)))
+            }
+            R::SET_LOG_BASE | R::SET_LOG_FD => Err(Violation::ProtocolFeatureMissing("LOG_SHMFD")),
+            R::SEND_RARP => Err(Violation::ProtocolFeatureMissing("RARP")),
+            R::NET_SET_MTU => Err(Violation::ProtocolFeatureMissing("MTU")),
+            R::SET_BACKEND_REQ_FD => Err(Violation::ProtocolFeatureMissing("BACKEND_REQ")),
+            R::IOTLB_MSG => Err(Violation::Unsupported(
+                "IOTLB_MSG (ACCESS_PLATFORM not offered)",
+            )),
+            R::SET_VRING_ENDIAN => Err(Violation::ProtocolFeatureMissing("CROSS_ENDIAN")),
+            R::CREATE_CRYPTO_SESSION | R::CLOSE_CRYPTO_SESSION => {
+                Err(Violation::ProtocolFeatureMissing("CRYPTO_SESSION"))
+            }
+            R::POSTCOPY_ADVISE | R::POSTCOPY_LISTEN | R::POSTCOPY_END => {
+                Err(Violation::ProtocolFeatureMissing("PAGEFAULT"))
+            }
+            R::GET_INFLIGHT_FD | R::SET_INFLIGHT_FD => {
+                Err(Violation::ProtocolFeatureMissing("INFLIGHT_SHMFD"))
+            }
+            R::GPU_SET_SOCKET => Err(Violation::Unsupported("GPU_SET_SOCKET (not a GPU device)")),
+            R::RESET_OWNER => Err(Violation::Unsupported("RESET_OWNER (deprecated)")),
+            R::RESET_DEVICE => Err(Violation::ProtocolFeatureMissing("RESET_DEVICE")),
+            R::VRING_KICK => Err(Violation::ProtocolFeatureMissing("INBAND_NOTIFICATIONS")),
+            R::GET_SHARED_OBJECT => Err(Violation::ProtocolFeatureMissing("SHARED_OBJECT")),
+            R::SET_DEVICE_STATE_FD | R::CHECK_DEVICE_STATE => {
+                Err(Violation::ProtocolFeatureMissing("DEVICE_STATE"))
+            }
+            R::GET_SHMEM_CONFIG => Err(Violation::ProtocolFeatureMissing("SHMEM")),
+        }
+    }
+
+    /// True for requests whose protocol-defined reply the front-end waits for, whatever
+    /// REPLY_ACK says: refusing one of them cannot be answered with a NACK.
+    pub fn solicits_reply(code: FrontendReq) -> bool {
+        use FrontendReq as R;
+        matches!(
+            code,
+            R::GET_FEATURES
+                | R::GET_PROTOCOL_FEATURES
+                | R::GET_QUEUE_NUM
+                | R::GET_VRING_BASE
+                | R::GET_CONFIG
+                | R::GET_MAX_MEM_SLOTS
+                | R::GET_STATUS
+                | R::GET_INFLIGHT_FD
+                | R::GET_SHARED_OBJECT
+                | R::SET_DEVICE_STATE_FD
+                | R::CHECK_DEVICE_STATE
+                | R::GET_SHMEM_CONFIG
+                | R::POSTCOPY_ADVISE
+        )
+    }
+
+    pub(super) fn need_owner(&self) -> Result<(), Violation> {
+        if self.owner {
+            Ok(())
+        } else {
+            Err(Violation::NotOwner)
+        }
+    }
+
+    fn need_protocol(&self, feature: Proto, name: &'static str) -> Result<(), Violation> {
+        if self.protocol & feature.bits() == 0 {
+            return Err(Violation::ProtocolFeatureMissing(name));
+        }
+        Ok(())
+    }
+
+    /// R5: the features rings will run with, or why none are usable yet.
+    pub(super) fn features_for_start(&self, index: u32) -> Result<u64, Violation> {
+        if self.invalid_acked.is_some() || self.features_ok_refused {
+            return Err(Violation::FeaturesRefused(index));
+        }
+        self.acked.ok_or(Violation::FeaturesNotSet(index))
+    }
+
+    /// Features used to size rings before SET_FEATURES: assume the larger layout.
+    pub(super) fn features_for_layout(&self) -> u64 {
+        self.acked.unwrap_or(OFFERED_FEATURES)
+    }
+
+    fn any_ring_started(&self) -> bool {
+        self.rings.iter().any(|r| r.started)
+    }
+
+    fn set_protocol_features(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        let value = u64_body(req)?;
+        let unoffered = value & !OFFERED_PROTOCOL_FEATURES;
+        if unoffered != 0 {
+            return Err(Violation::UnofferedProtocolFeatures(unoffered));
+        }
+        self.protocol = value;
+        Ok(Reply::None)
+    }
+
+    fn set_features(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let value = u64_body(req)?;
+        let unoffered = value & !OFFERED_FEATURES;
+        if unoffered != 0 {
+            return Err(Violation::UnofferedFeatures(unoffered));
+        }
+        let final_why = if self.any_ring_started() {
+            Some("rings are running")
+        } else if self.status & status::FEATURES_OK != 0 && !self.features_ok_refused {
+            Some("FEATURES_OK is set")
+        } else {
+            None
+        };
+        if let (Some(why), Some(old)) = (final_why, self.acked) {
+            if old != value {
+                return Err(Violation::FeaturesFinal {
+                    why,
+                    old,
+                    new: value,
+                });
+            }
+        }
+        if let Err(missing) = features::check_dependencies(value) {
+            // With the STATUS protocol feature the spec's way to refuse is FEATURES_OK
+            // (rule 5): accept the write and refuse FEATURES_OK. Otherwise refuse now.
+            if self.protocol & Proto::STATUS.bits() != 0 && !(req.need_reply() && self.reply_ack())
+            {
+                tracing::warn!(
+                    port = %self.cfg.port,
+                    rule = "R5 FEATURES_OK",
+                    "SET_FEATURES {value:#x}: {missing}; FEATURES_OK will be refused"
+                );
+                self.invalid_acked = Some(value);
+                self.acked = None;
+                return Ok(Reply::None);
+            }
+            return Err(Violation::Dependency(missing));
+        }
+        self.acked = Some(value);
+        self.invalid_acked = None;
+        self.features_ok_refused = false;
+        Ok(Reply::None)
+    }
+
+    fn set_status(&mut self, req: &Request) -> Result<Reply, Violation> {
+        self.need_protocol(Proto::STATUS, "STATUS")?;
+        no_fds(req)?;
+        self.need_owner()?;
+        let value = u64_body(req)?;
+        let mut new = u8::try_from(value).map_err(|_| Violation::Status(value))?;
+        if new == 0 {
+            // Device reset by the driver. Rings keep running until GET_VRING_BASE stops
+            // them (QEMU sends SET_STATUS 0 first, then GET_VRING_BASE per ring).
+            self.status = 0;
+            self.features_ok_refused = false;
+            return Ok(Reply::None);
+        }
+        let setting_features_ok =
+            new & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0;
+        if setting_features_ok {
+            let refusal = match (self.acked, self.invalid_acked) {
+                (_, Some(bad)) => Some(format!(
+                    "acked features {bad:#x} break virtio §5.1.3.1: {}",
+                    features::check_dependencies(bad).unwrap_err()
+                )),
+                (None, None) => Some("no SET_FEATURES before FEATURES_OK".to_string()),
+                (Some(_), None) => None,
+            };
+            if let Some(why) = refusal {
+                tracing::warn!(
+                    port = %self.cfg.port,
+                    request = "SET_STATUS",
+                    rule = "R5 FEATURES_OK",
+                    "FEATURES_OK refused: {why}"
+                );
+                new &= !status::FEATURES_OK;
+                self.features_ok_refused = true;
+            }
+        }
+        self.status = new;
+        Ok(Reply::None)
+    }
+
+    fn get_config(&mut self, req: &Request) -> Result<Reply, Violation> {
+        self.need_protocol(Proto::CONFIG, "CONFIG")?;
+        no_fds(req)?;
+        let head = std::mem::size_of::<VhostUserConfig>();
+        if req.payload.len() < head {
+            return Err(Violation::PayloadSize {
+                expected: head,
+                got: req.payload.len(),
+            });
+        }
+        let mut msg = VhostUserConfig::default();
+        msg.as_mut_slice().copy_from_slice(&req.payload[..head]);
+        let (offset, size, flags) = (msg.offset, msg.size, msg.flags);
+        if req.payload.len() != head + size as usize {
+            return Err(Violation::PayloadSize {
+                expected: head + size as usize,
+                got: req.payload.len(),
+            });
+        }
+        if flags != 0 {
+            return Err(Violation::Config(format!("flags {flags:#x} on a read")));
+        }
+        let negotiated_version_1 = match self.acked {
+            Some(f) => f & mask(bit::VERSION_1) != 0,
+            None => OFFERED_FEATURES & mask(bit::VERSION_1) != 0,
+        };
+        let space = config_space::encode(&self.cfg, negotiated_version_1);
+        let range = (offset as usize)..(offset as usize + size as usize);
+        let data = space.get(range).ok_or_else(|| {
+            Violation::Config(format!(
+                "offset {offset} size {size} is outside the {}-byte config space",
+                space.len()
+            ))
+        })?;
+        let mut out = msg.as_slice().to_vec();
+        out.extend_from_slice(data);
+        Ok(Reply::Payload(out))
+    }
+
+    /// Rebuilds the data-plane snapshot after a change to rings, memory or features.
+    pub(super) fn republish(&mut self) {
+        let features = self.acked.unwrap_or(0);
+        let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
+        let event_idx = features & mask(bit::EVENT_IDX) != 0;
+        let mut rings = Vec::new();
+        for (index, ring) in self.rings.iter().enumerate() {
+            if !ring.started {
+                continue;
+            }
+            let (Some(size), Some(addrs)) = (ring.size, ring.addrs) else {
+                continue;
+            };
+            // Started rings were translated when they started and whenever memory changed.
+            let Ok(translated) = pmd::vring::translate(&self.memory, size, addrs, event_idx) else {
+                continue;
+            };
+            rings.push(RingSnapshot {
+                index: index as u16,
+                ring: translated,
+                last_avail_idx: ring.base,
+                enabled: ring.effective_enable(bit30),
+            });
+        }
+        self.snapshot = if rings.is_empty() {
+            None
+        } else {
+            Some(Arc::new(PortSnapshot {
+                features,
+                memory: self.memory.clone(),
+                rings,
+            }))
+        };
+    }
+
+    /// Closes everything the connection owned: rings stop, descriptors close, memory is
+    /// unmapped once the data plane lets go of the snapshot.
+    pub fn reset(&mut self) {
+        *self = NetDevice::new(self.cfg.clone());
+    }
+
+    /// Number of file descriptors the device holds (for leak accounting in logs).
+    pub fn open_fds(&self) -> usize {
+        self.rings.iter().map(VringState::open_fds).sum()
+    }
+}
+
+fn expect_empty(req: &Request) -> Result<(), Violation> {
+    if !req.payload.is_empty() {
+        return Err(Violation::PayloadSize {
+            expected: 0,
+            got: req.payload.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Parses a `VhostUserVringState` payload.
+pub(super) fn vring_state(req: &Request) -> Result<VhostUserVringState, Violation> {
+    body::<VhostUserVringState>(req)
+}
+
+/// Keeps an fd-carrying request's descriptors, checking their count.
+pub(super) fn take_fds(req: &mut Request, expected: usize) -> Result<Vec<File>, Violation> {
+    if req.fds.len() != expected {
+        return Err(Violation::FdCount {
+            expected: match expected {
+                0 => "0",
+                1 => "1",
+                _ => "one per memory region",
+            },
+            got: req.fds.len(),
+        });
+    }
+    Ok(std::mem::take(&mut req.fds))
+}

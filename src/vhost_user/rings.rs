@@ -1,0 +1,238 @@
+//! Ring messages: SET_VRING_NUM/ADDR/BASE/KICK/CALL/ERR/ENABLE and GET_VRING_BASE.
+//!
+//! Started/stopped and enabled/disabled are independent (DESIGN §4 rule 6): a ring starts
+//! at SET_VRING_KICK and stops at GET_VRING_BASE; SET_VRING_ENABLE only records the
+//! front-end's wish, which counts once bit 30 is acked. Without bit 30 a started ring is
+//! enabled.
+
+use std::fs::File;
+
+use pmd::vring::{self, RingAddrs};
+use vhost::vhost_user::message::{VhostUserU64, VhostUserVringAddr, VhostUserVringState};
+use vm_memory::ByteValued;
+
+use super::device::{body, no_fds, take_fds, vring_state, NetDevice, Reply};
+use super::features::{bit, mask};
+use super::violation::Violation;
+use super::wire::Request;
+
+/// Bit of the SET_VRING_KICK/CALL/ERR payload that says "no descriptor: poll".
+const INVALID_FD_FLAG: u64 = 1 << 8;
+/// Bits of the same payload that hold the ring index.
+const INDEX_MASK: u64 = 0xff;
+
+/// One ring's configuration as the front-end set it.
+#[derive(Debug, Default)]
+pub struct VringState {
+    /// Queue size (SET_VRING_NUM).
+    pub size: Option<u16>,
+    /// Front-end virtual addresses (SET_VRING_ADDR).
+    pub addrs: Option<RingAddrs>,
+    /// Next available index to process (SET_VRING_BASE; reported by GET_VRING_BASE).
+    pub base: u16,
+    /// Started by SET_VRING_KICK, stopped by GET_VRING_BASE.
+    pub started: bool,
+    /// What SET_VRING_ENABLE last asked, if it was sent.
+    pub enable_request: Option<bool>,
+    /// Guest kicks us here; `None` in polling mode.
+    pub kick: Option<File>,
+    /// We interrupt the guest here.
+    pub call: Option<File>,
+    /// We report ring errors here.
+    pub err: Option<File>,
+}
+
+impl VringState {
+    /// Whether the ring may carry packets, given whether bit 30 was acked (rule 6).
+    pub fn effective_enable(&self, bit30_acked: bool) -> bool {
+        if bit30_acked {
+            self.enable_request.unwrap_or(false)
+        } else {
+            true
+        }
+    }
+
+    pub(super) fn open_fds(&self) -> usize {
+        [&self.kick, &self.call, &self.err]
+            .iter()
+            .filter(|f| f.is_some())
+            .count()
+    }
+}
+
+impl NetDevice {
+    fn ring_index(&self, index: u64) -> Result<usize, Violation> {
+        let rings = self.rings.len() as u32;
+        match u32::try_from(index) {
+            Ok(i) if i < rings => Ok(i as usize),
+            _ => Err(Violation::RingIndex {
+                index: index.min(u64::from(u32::MAX)) as u32,
+                rings,
+            }),
+        }
+    }
+
+    fn stopped_ring(&self, index: u32) -> Result<usize, Violation> {
+        let i = self.ring_index(u64::from(index))?;
+        if self.rings[i].started {
+            return Err(Violation::RingRunning(index));
+        }
+        Ok(i)
+    }
+
+    pub(super) fn set_vring_num(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let VhostUserVringState { index, num } = vring_state(req)?;
+        let i = self.stopped_ring(index)?;
+        let size = vring::check_queue_size(num).map_err(|err| Violation::Ring { index, err })?;
+        self.rings[i].size = Some(size);
+        Ok(Reply::None)
+    }
+
+    pub(super) fn set_vring_base(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let VhostUserVringState { index, num } = vring_state(req)?;
+        let i = self.stopped_ring(index)?;
+        // Split rings count indexes freely in 16 bits; packed rings are not offered.
+        let base = u16::try_from(num).map_err(|_| Violation::RingBase { index, base: num })?;
+        self.rings[i].base = base;
+        Ok(Reply::None)
+    }
+
+    pub(super) fn set_vring_addr(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let msg: VhostUserVringAddr = body(req)?;
+        let (index, flags) = (msg.index, msg.flags);
+        let i = self.stopped_ring(index)?;
+        if flags != 0 {
+            return Err(Violation::RingAddrFlags { index, flags });
+        }
+        let size = self.rings[i].size.ok_or(Violation::RingIncomplete {
+            index,
+            missing: "SET_VRING_NUM",
+        })?;
+        if self.memory.is_empty() {
+            return Err(Violation::NoMemory);
+        }
+        let addrs = RingAddrs {
+            desc: msg.descriptor,
+            avail: msg.available,
+            used: msg.used,
+        };
+        let event_idx = self.features_for_layout() & mask(bit::EVENT_IDX) != 0;
+        vring::translate(&self.memory, size, addrs, event_idx)
+            .map_err(|err| Violation::Ring { index, err })?;
+        self.rings[i].addrs = Some(addrs);
+        Ok(Reply::None)
+    }
+
+    pub(super) fn get_vring_base(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let VhostUserVringState { index, .. } = vring_state(req)?;
+        let i = self.ring_index(u64::from(index))?;
+        let ring = &mut self.rings[i];
+        let was_started = ring.started;
+        ring.started = false;
+        ring.kick = None;
+        let reply = VhostUserVringState::new(index, u32::from(ring.base));
+        if was_started {
+            tracing::info!(port = %self.cfg.port, ring = index, base = ring.base, "ring stopped");
+            self.republish();
+        }
+        Ok(Reply::Payload(reply.as_slice().to_vec()))
+    }
+
+    /// Parses the u64 payload of KICK/CALL/ERR and the descriptor that goes with it.
+    fn ring_fd(&self, req: &mut Request) -> Result<(usize, Option<File>), Violation> {
+        let value = body::<VhostUserU64>(req)?.value;
+        let reserved = value & !(INDEX_MASK | INVALID_FD_FLAG);
+        if reserved != 0 {
+            return Err(Violation::Unsupported(
+                "reserved bits set in a KICK/CALL/ERR payload",
+            ));
+        }
+        let i = self.ring_index(value & INDEX_MASK)?;
+        let no_fd = value & INVALID_FD_FLAG != 0;
+        let mut fds = take_fds(req, if no_fd { 0 } else { 1 })?;
+        Ok((i, fds.pop()))
+    }
+
+    pub(super) fn set_vring_kick(&mut self, req: &mut Request) -> Result<Reply, Violation> {
+        self.need_owner()?;
+        let (i, fd) = self.ring_fd(req)?;
+        let index = i as u32;
+        let features = self.features_for_start(index)?;
+        let ring = &self.rings[i];
+        let size = ring.size.ok_or(Violation::RingIncomplete {
+            index,
+            missing: "SET_VRING_NUM",
+        })?;
+        let addrs = ring.addrs.ok_or(Violation::RingIncomplete {
+            index,
+            missing: "SET_VRING_ADDR",
+        })?;
+        let event_idx = features & mask(bit::EVENT_IDX) != 0;
+        vring::translate(&self.memory, size, addrs, event_idx)
+            .map_err(|err| Violation::Ring { index, err })?;
+        let ring = &mut self.rings[i];
+        ring.kick = fd;
+        let restarted = ring.started;
+        ring.started = true;
+        let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
+        tracing::info!(
+            port = %self.cfg.port,
+            ring = index,
+            size,
+            base = ring.base,
+            enabled = ring.effective_enable(bit30),
+            polling = ring.kick.is_none(),
+            restarted,
+            "ring started"
+        );
+        self.republish();
+        Ok(Reply::None)
+    }
+
+    pub(super) fn set_vring_call(&mut self, req: &mut Request) -> Result<Reply, Violation> {
+        self.need_owner()?;
+        let (i, fd) = self.ring_fd(req)?;
+        self.rings[i].call = fd;
+        Ok(Reply::None)
+    }
+
+    pub(super) fn set_vring_err(&mut self, req: &mut Request) -> Result<Reply, Violation> {
+        self.need_owner()?;
+        let (i, fd) = self.ring_fd(req)?;
+        self.rings[i].err = fd;
+        Ok(Reply::None)
+    }
+
+    pub(super) fn set_vring_enable(&mut self, req: &Request) -> Result<Reply, Violation> {
+        no_fds(req)?;
+        self.need_owner()?;
+        let VhostUserVringState { index, num } = vring_state(req)?;
+        let i = self.ring_index(u64::from(index))?;
+        // QEMU enables rings before SET_FEATURES (rule 10): only a SET_FEATURES that
+        // left bit 30 out makes this message illegal.
+        if let Some(acked) = self.acked_features() {
+            if acked & mask(bit::PROTOCOL_FEATURES) == 0 {
+                return Err(Violation::Enable("bit 30 was not acked by SET_FEATURES"));
+            }
+        }
+        let enable = match num {
+            0 => false,
+            1 => true,
+            _ => return Err(Violation::Enable("value is neither 0 nor 1")),
+        };
+        self.rings[i].enable_request = Some(enable);
+        tracing::info!(port = %self.cfg.port, ring = index, enabled = enable, started = self.rings[i].started, "ring enable");
+        if self.rings[i].started {
+            self.republish();
+        }
+        Ok(Reply::None)
+    }
+}
