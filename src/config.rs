@@ -39,6 +39,8 @@ pub struct PortConfig {
     pub queue_pairs: u16,
     /// MAC address in the device config space.
     pub mac: [u8; 6],
+    /// MACs pinned to this port in the FDB (never aged, never moved).
+    pub static_macs: Vec<[u8; 6]>,
 }
 
 /// Everything the daemon runs with.
@@ -54,6 +56,8 @@ pub struct Config {
     pub control_core: usize,
     /// Memory regions a front-end may map per port.
     pub max_mem_slots: u32,
+    /// Seconds a learned MAC stays in the FDB without being seen.
+    pub fdb_aging_secs: u64,
 }
 
 /// A configuration that cannot run.
@@ -91,6 +95,7 @@ struct FileConfig {
     pmd_cores: Option<Vec<usize>>,
     control_core: Option<usize>,
     max_mem_slots: Option<u32>,
+    fdb_aging_secs: Option<u64>,
     #[serde(default, rename = "port")]
     ports: Vec<FilePort>,
 }
@@ -104,6 +109,8 @@ struct FilePort {
     client: bool,
     queues: Option<u16>,
     mac: Option<String>,
+    #[serde(default)]
+    static_macs: Vec<String>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -121,8 +128,12 @@ pub struct Overrides {
     pub control_core: Option<usize>,
     /// `--max-mem-slots`.
     pub max_mem_slots: Option<u32>,
+    /// `--fdb-aging`.
+    pub fdb_aging_secs: Option<u64>,
 }
 
+/// Default lifetime of a learned FDB entry, as in most bridges.
+pub const DEFAULT_FDB_AGING_SECS: u64 = 300;
 /// Default and upper limit of memory regions per port.
 pub const DEFAULT_MAX_MEM_SLOTS: u32 = 32;
 const MAX_QUEUE_PAIRS: u16 = 64;
@@ -223,12 +234,14 @@ impl Config {
         let mut ports: Vec<PortConfig> = Vec::new();
         for p in file.ports {
             let mac = p.mac.as_deref().map(parse_mac).transpose()?;
+            let static_macs = p.static_macs.iter().map(|m| parse_mac(m)).collect::<Result<_, _>>()?;
             ports.push(PortConfig {
                 name: p.name,
                 socket: p.socket,
                 role: if p.client { Role::Client } else { Role::Server },
                 queue_pairs: p.queues.unwrap_or(1),
                 mac: mac.unwrap_or([0; 6]),
+                static_macs,
             });
         }
         let flag_ports = flags
@@ -252,6 +265,7 @@ impl Config {
                     name,
                     socket,
                     role,
+                    static_macs: Vec::new(),
                     queue_pairs: 1,
                     mac: [0; 6],
                 }),
@@ -272,6 +286,10 @@ impl Config {
                 .max_mem_slots
                 .or(file.max_mem_slots)
                 .unwrap_or(DEFAULT_MAX_MEM_SLOTS),
+            fdb_aging_secs: flags
+                .fdb_aging_secs
+                .or(file.fdb_aging_secs)
+                .unwrap_or(DEFAULT_FDB_AGING_SECS),
         };
         config.validate(cpus)?;
         Ok(config)
@@ -333,6 +351,9 @@ impl Config {
                 "control core {} is also a PMD core; the control thread never runs on a PMD core",
                 self.control_core
             )));
+        }
+        if self.fdb_aging_secs == 0 {
+            return Err(invalid("fdb_aging_secs must be at least 1"));
         }
         if self.max_mem_slots == 0 || self.max_mem_slots > 509 {
             return Err(invalid(format!(

@@ -7,6 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vmm_sys_util::eventfd::EventFd;
 
+use std::sync::Arc;
+
+use pmd::dataplane::{Dataplane, DataplaneConfig, PortInfo};
 use vhost_switch::config::{self, Config, Mode, Overrides, Role};
 use vhost_switch::control::ControlLoop;
 use vhost_switch::port::Port;
@@ -48,6 +51,9 @@ struct RunArgs {
     /// Memory regions a front-end may map per port (GET_MAX_MEM_SLOTS).
     #[arg(long, value_name = "N")]
     max_mem_slots: Option<u32>,
+    /// Seconds a learned MAC stays in the FDB without being seen.
+    #[arg(long = "fdb-aging", value_name = "SECS")]
+    fdb_aging_secs: Option<u64>,
     /// TOML file with the same settings; flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -93,16 +99,36 @@ fn run(args: RunArgs) -> Result<()> {
         pmd_cores,
         control_core: args.control_core,
         max_mem_slots: args.max_mem_slots,
+        fdb_aging_secs: args.fdb_aging_secs,
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     let shutdown = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
     watch_signals(shutdown.try_clone().context("eventfd")?)?;
+    // PMD threads first: a thread inherits its creator's CPU mask, and the control thread
+    // is about to restrict its own to the control core.
+    let dataplane = Arc::new(Dataplane::start(DataplaneConfig {
+        ports: config
+            .ports
+            .iter()
+            .map(|p| PortInfo {
+                name: p.name.clone(),
+                queue_pairs: p.queue_pairs,
+                static_macs: p.static_macs.clone(),
+            })
+            .collect(),
+        mode: match config.mode {
+            Mode::Learning => pmd::switch::Mode::Learning,
+            Mode::Xconnect => pmd::switch::Mode::Xconnect,
+        },
+        pmd_cores: config.pmd_cores.clone(),
+        fdb_aging_secs: config.fdb_aging_secs,
+    })?);
     pin_control_thread(config.control_core)?;
 
     let mut ports = Vec::new();
-    for port_config in &config.ports {
+    for (index, port_config) in config.ports.iter().enumerate() {
         // On error, ports opened so far are dropped; remove their sockets too.
-        match Port::open(port_config.clone(), config.max_mem_slots) {
+        match Port::open(port_config.clone(), config.max_mem_slots, Some((dataplane.clone(), index))) {
             Ok(port) => ports.push(port),
             Err(e) => {
                 ports.iter().for_each(Port::remove_socket);
@@ -126,18 +152,13 @@ fn run(args: RunArgs) -> Result<()> {
         }
         out.flush()?;
     }
-    tracing::warn!(
-        mode = ?config.mode,
-        pmd_cores = ?config.pmd_cores,
-        "the data plane is not implemented yet: front-ends negotiate, map memory and start \
-         rings, but no packets are forwarded and no PMD threads run"
-    );
+    tracing::info!(mode = ?config.mode, pmd_cores = ?config.pmd_cores, "switch running");
     let mut control = ControlLoop::new(ports, shutdown).context("control loop")?;
     control.run().context("control loop")?;
     for port in control.ports() {
         port.remove_socket();
     }
-    print_counters(control.ports());
+    print_counters(control.ports(), &dataplane);
     Ok(())
 }
 
@@ -179,7 +200,32 @@ fn pin_control_thread(core: usize) -> Result<()> {
     Ok(())
 }
 
-fn print_counters(ports: &[Port]) {
+fn print_counters(ports: &[Port], dataplane: &Dataplane) {
+    println!(
+        "{:<12} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+        "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_drops", "tx_drops"
+    );
+    for t in dataplane.port_totals() {
+        let (mut rx, mut tx) = (pmd::stats::QueueTotals::default(), pmd::stats::QueueTotals::default());
+        for (i, ring) in t.rings.iter().enumerate() {
+            let side = if i % 2 == 1 { &mut rx } else { &mut tx };
+            side.packets += ring.packets;
+            side.bytes += ring.bytes;
+            for (a, b) in side.drops.iter_mut().zip(ring.drops) {
+                *a += b;
+            }
+        }
+        println!(
+            "{:<12} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+            t.name,
+            rx.packets,
+            rx.bytes,
+            tx.packets,
+            tx.bytes,
+            rx.dropped(),
+            tx.dropped()
+        );
+    }
     println!(
         "{:<12} {:>11} {:>9} {:>9} {:>7} {:>8}  last disconnect",
         "port", "connections", "requests", "rejected", "nacked", "framing"

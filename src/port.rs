@@ -5,8 +5,10 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pmd::dataplane::Dataplane;
 use thiserror::Error;
 
 use crate::config::{PortConfig, Role};
@@ -80,12 +82,18 @@ pub struct Port {
     /// Why the last session ended.
     pub last_end: Option<String>,
     max_mem_slots: u32,
+    dataplane: Option<(Arc<Dataplane>, usize)>,
 }
 
 impl Port {
     /// Creates the port: binds the socket in server role (replacing a stale socket file),
     /// or schedules the first connection attempt in client role.
-    pub fn open(config: PortConfig, max_mem_slots: u32) -> Result<Port, PortError> {
+    /// `dataplane`: where the port's snapshots go, and the port's index there.
+    pub fn open(
+        config: PortConfig,
+        max_mem_slots: u32,
+        dataplane: Option<(Arc<Dataplane>, usize)>,
+    ) -> Result<Port, PortError> {
         let endpoint = match config.role {
             Role::Server => Endpoint::Server {
                 listener: listen(&config.name, &config.socket)?,
@@ -102,6 +110,7 @@ impl Port {
             counters: SessionCounters::default(),
             last_end: None,
             max_mem_slots,
+            dataplane,
         })
     }
 
@@ -111,6 +120,7 @@ impl Port {
             mac: self.config.mac,
             queue_pairs: self.config.queue_pairs,
             max_mem_slots: self.max_mem_slots,
+            dataplane: self.dataplane.clone(),
         }
     }
 

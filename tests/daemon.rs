@@ -32,8 +32,9 @@ fn sigterm_removes_sockets_and_prints_counters() {
     assert!(out.contains("port p0: listening on"), "{out}");
     let row = out
         .lines()
+        .skip_while(|l| !l.contains("connections"))
         .find(|l| l.starts_with("p0 "))
-        .expect("counter row for p0");
+        .expect("control counter row for p0");
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[1..6], &["1", "1", "0", "0", "1"], "{out}");
     let _ = std::fs::remove_dir_all(dir);

@@ -70,6 +70,75 @@ pub enum Malformed {
     },
 }
 
+/// How the device (the backend) broke the virtqueue contract, as seen by the driver side
+/// ([`crate::driver`]). What the backend writes into shared memory is untrusted: these are
+/// reported, never panicked on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// used.idx moved further than the number of chains the driver has published.
+    #[error("used.idx {used_idx} is {ahead} past last_used {last_used}, {in_flight} in flight")]
+    UsedIdxAhead {
+        /// The used.idx read.
+        used_idx: u16,
+        /// The driver's last consumed used index.
+        last_used: u16,
+        /// `used_idx - last_used`.
+        ahead: u16,
+        /// Published chains not yet returned.
+        in_flight: u16,
+    },
+    /// A used entry names a descriptor index outside the queue.
+    #[error("used entry id {id} out of range for queue size {queue_size}")]
+    IdOutOfRange {
+        /// The id written by the device.
+        id: u32,
+        /// The queue size.
+        queue_size: u16,
+    },
+    /// A used entry names a descriptor that is not the head of an outstanding chain (never
+    /// added, already returned, or not yet published).
+    #[error("used entry id {id} is not an outstanding published chain head")]
+    NotOutstanding {
+        /// The id written by the device.
+        id: u16,
+    },
+    /// A used entry's len exceeds the chain's device-writable bytes. The chain is returned
+    /// to the driver (its buffers can be recycled through `id`).
+    #[error("used entry id {id} has len {len}, larger than the {max} writable bytes")]
+    LenTooLarge {
+        /// The chain head.
+        id: u16,
+        /// The len written by the device.
+        len: u32,
+        /// Writable bytes of the chain.
+        max: u32,
+    },
+    /// A received frame is shorter than the net header plus an Ethernet header.
+    #[error("received used len {len} shorter than the {min}-byte minimum")]
+    RxTooShort {
+        /// Bytes the device wrote (header included, all buffers).
+        len: u64,
+        /// Net header length + 14.
+        min: u64,
+    },
+    /// The net header's num_buffers is 0 or larger than the used entries available.
+    #[error("num_buffers {num_buffers} in the net header, {available} used entries available")]
+    BadNumBuffers {
+        /// The value read from the header.
+        num_buffers: u16,
+        /// Used entries published (this frame's first one included).
+        available: u16,
+    },
+    /// A merged frame is longer than the driver accepts.
+    #[error("received frame of {len} bytes exceeds the {max}-byte maximum")]
+    FrameTooLong {
+        /// Bytes gathered so far.
+        len: u64,
+        /// The maximum frame length.
+        max: u64,
+    },
+}
+
 /// Errors of the front-end library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -109,6 +178,17 @@ pub enum Error {
     FeaturesRejected {
         /// The status returned by GET_STATUS.
         status: u64,
+    },
+    /// The device (backend) broke the virtqueue contract.
+    #[error("device error: {0}")]
+    Device(#[from] DeviceError),
+    /// Not enough free descriptors (or buffers) for the chain.
+    #[error("queue full: {needed} descriptors needed, {free} free")]
+    QueueFull {
+        /// Descriptors (or buffers) the request needs.
+        needed: u16,
+        /// Descriptors (or buffers) free.
+        free: u16,
     },
     /// Any other I/O error.
     #[error("I/O error: {0}")]

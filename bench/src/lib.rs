@@ -23,7 +23,7 @@ pub mod sequences;
 pub mod vring;
 pub mod wire;
 
-pub use error::{Error, Malformed, Result};
+pub use error::{DeviceError, Error, Malformed, Result};
 pub use frontend::{Frontend, DEFAULT_REPLY_TIMEOUT};
 pub use memory::{HugePages, SharedMemory};
 pub use sequences::{DpdkOptions, Negotiated, QemuOptions};

@@ -191,6 +191,15 @@ impl GuestMemoryMap {
         })
     }
 
+    /// The host pointer of `gpa` and how many bytes follow it in the same region. Used to
+    /// split buffers that cross a region boundary.
+    pub fn translate_gpa_prefix(&self, gpa: u64) -> Option<(NonNull<u8>, u64)> {
+        self.regions.iter().find_map(|r| {
+            let offset = gpa.checked_sub(r.spec.guest_phys_addr)?;
+            (offset < r.spec.size).then(|| Some((r.host_range(offset, 1)?, r.spec.size - offset)))?
+        })
+    }
+
     /// Translates a guest physical address range (descriptor buffers) to a host pointer.
     /// The whole range must lie inside one region.
     pub fn translate_gpa(&self, gpa: u64, len: u64) -> Option<NonNull<u8>> {

@@ -1,41 +1,17 @@
 //! Immutable per-port state handed from the control plane to the data plane.
 //!
 //! A snapshot is rebuilt whenever the control plane changes something a poller reads
-//! (features at device start, memory table, ring start/stop/enable) and replaces the
-//! previous one as a whole. It holds an `Arc` to the memory map its pointers point into.
+//! (features at ring start, memory table, ring start/stop/enable) and replaces the previous
+//! one whole. Each ring runtime holds the `Arc` of the memory map its pointers point into,
+//! so memory is unmapped only after the last poller has let go of the last snapshot.
 
-use std::sync::Arc;
-
-use crate::memory::GuestMemoryMap;
-use crate::vring::TranslatedRing;
-
-/// One ring as a poller sees it.
-#[derive(Clone, Debug)]
-pub struct RingSnapshot {
-    /// Ring index (even: guest RX, odd: guest TX).
-    pub index: u16,
-    /// Host pointers of the ring, valid while `PortSnapshot::memory` lives.
-    pub ring: TranslatedRing,
-    /// Next available index to read (from SET_VRING_BASE or where the ring stopped).
-    pub last_avail_idx: u16,
-    /// Whether the ring may carry packets (started and enabled are independent).
-    pub enabled: bool,
-}
+use crate::queue::RingRuntime;
 
 /// Everything a poller needs about one port's device.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PortSnapshot {
-    /// Virtio features negotiated and final (accepted with FEATURES_OK or ring start).
+    /// Virtio features the rings run with.
     pub features: u64,
-    /// The memory the ring pointers point into.
-    pub memory: Arc<GuestMemoryMap>,
-    /// The started rings.
-    pub rings: Vec<RingSnapshot>,
+    /// Started rings by index (even: guest RX, odd: guest TX); `None` if not started.
+    pub rings: Vec<Option<RingRuntime>>,
 }
-
-// SAFETY: the raw pointers inside `TranslatedRing` point into mappings owned by `memory`,
-// which this snapshot keeps alive; sharing them between threads is what the data plane's
-// own ring accessors are written for.
-unsafe impl Send for RingSnapshot {}
-// SAFETY: as above; a snapshot is never mutated after publication.
-unsafe impl Sync for RingSnapshot {}

@@ -9,8 +9,10 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use pmd::dataplane::Dataplane;
 use pmd::memory::GuestMemoryMap;
-use pmd::snapshot::{PortSnapshot, RingSnapshot};
+use pmd::queue::{RingFeatures, RingRuntime};
+use pmd::snapshot::PortSnapshot;
 use vhost::vhost_user::message::{FrontendReq, VhostUserConfig, VhostUserVringState};
 use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
 use vm_memory::ByteValued;
@@ -38,7 +40,7 @@ pub mod status {
 }
 
 /// Per-port settings the device is built from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DeviceConfig {
     /// Port name, for logs.
     pub port: String,
@@ -48,6 +50,20 @@ pub struct DeviceConfig {
     pub queue_pairs: u16,
     /// Memory regions allowed (GET_MAX_MEM_SLOTS; SET_MEM_TABLE is capped at 8 by the spec).
     pub max_mem_slots: u32,
+    /// Where snapshots go: the data plane and this port's index in it.
+    pub dataplane: Option<(Arc<Dataplane>, usize)>,
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("port", &self.port)
+            .field("mac", &self.mac)
+            .field("queue_pairs", &self.queue_pairs)
+            .field("max_mem_slots", &self.max_mem_slots)
+            .field("dataplane_port", &self.dataplane.as_ref().map(|(_, p)| *p))
+            .finish()
+    }
 }
 
 /// What a handled request answers.
@@ -443,50 +459,64 @@ impl NetDevice {
         Ok(Reply::Payload(out))
     }
 
-    /// Rebuilds the data-plane snapshot after a change to rings, memory or features.
+    /// Rebuilds the data-plane snapshot after a change to rings, memory or features, and
+    /// hands it to the data plane.
     pub(super) fn republish(&mut self) {
         let features = self.acked.unwrap_or(0);
         let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
         let event_idx = features & mask(bit::EVENT_IDX) != 0;
-        let mut rings = Vec::new();
-        for (index, ring) in self.rings.iter().enumerate() {
-            if !ring.started {
-                continue;
-            }
-            let (Some(size), Some(addrs)) = (ring.size, ring.addrs) else {
-                continue;
+        let ring_features = RingFeatures::from_features(features);
+        let mut rings = Vec::with_capacity(self.rings.len());
+        for ring in &self.rings {
+            let runtime = match (ring.started, ring.size, ring.addrs, &ring.shared) {
+                // Started rings were checked when they started and whenever memory
+                // changed, so translation succeeds.
+                (true, Some(size), Some(addrs), Some(shared)) => {
+                    pmd::vring::translate(&self.memory, size, addrs, event_idx)
+                        .ok()
+                        .map(|t| {
+                            RingRuntime::new(
+                                shared.clone(),
+                                t,
+                                self.memory.clone(),
+                                ring_features,
+                                ring.effective_enable(bit30),
+                                ring.call.clone(),
+                            )
+                        })
+                }
+                _ => None,
             };
-            // Started rings were translated when they started and whenever memory changed.
-            let Ok(translated) = pmd::vring::translate(&self.memory, size, addrs, event_idx) else {
-                continue;
-            };
-            rings.push(RingSnapshot {
-                index: index as u16,
-                ring: translated,
-                last_avail_idx: ring.base,
-                enabled: ring.effective_enable(bit30),
-            });
+            rings.push(runtime);
         }
-        self.snapshot = if rings.is_empty() {
-            None
-        } else {
-            Some(Arc::new(PortSnapshot {
-                features,
-                memory: self.memory.clone(),
-                rings,
-            }))
-        };
+        let any = rings.iter().any(Option::is_some);
+        self.snapshot = any.then(|| Arc::new(PortSnapshot { features, rings }));
+        if let Some((dp, port)) = &self.cfg.dataplane {
+            dp.publish(*port, self.snapshot.clone());
+        }
     }
 
-    /// Closes everything the connection owned: rings stop, descriptors close, memory is
-    /// unmapped once the data plane lets go of the snapshot.
-    pub fn reset(&mut self) {
-        *self = NetDevice::new(self.cfg.clone());
+    /// Waits until no poller holds an older snapshot.
+    pub(super) fn quiesce(&self) {
+        if let Some((dp, _)) = &self.cfg.dataplane {
+            if let Err(e) = dp.quiesce() {
+                tracing::error!(port = %self.cfg.port, "{e}");
+            }
+        }
     }
+}
 
-    /// Number of file descriptors the device holds (for leak accounting in logs).
-    pub fn open_fds(&self) -> usize {
-        self.rings.iter().map(VringState::open_fds).sum()
+impl Drop for NetDevice {
+    /// The connection is gone: the data plane lets go of the port before its memory and
+    /// descriptors are released, and the FDB forgets the port's MACs.
+    fn drop(&mut self) {
+        if let Some((dp, port)) = &self.cfg.dataplane {
+            dp.publish(*port, None);
+            if let Err(e) = dp.quiesce() {
+                tracing::error!(port = %self.cfg.port, "{e}");
+            }
+            dp.forget_port(*port);
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! enabled.
 
 use std::fs::File;
+use std::sync::Arc;
 
+use pmd::queue::{RingFeatures, RingRuntime, RingShared};
 use pmd::vring::{self, RingAddrs};
 use vhost::vhost_user::message::{VhostUserU64, VhostUserVringAddr, VhostUserVringState};
 use vm_memory::ByteValued;
@@ -36,8 +38,10 @@ pub struct VringState {
     pub enable_request: Option<bool>,
     /// Guest kicks us here; `None` in polling mode.
     pub kick: Option<File>,
-    /// We interrupt the guest here.
-    pub call: Option<File>,
+    /// We interrupt the guest here (shared with the data plane's snapshots).
+    pub call: Option<Arc<File>>,
+    /// The data plane's cursor while started.
+    pub shared: Option<Arc<RingShared>>,
     /// We report ring errors here.
     pub err: Option<File>,
 }
@@ -52,12 +56,6 @@ impl VringState {
         }
     }
 
-    pub(super) fn open_fds(&self) -> usize {
-        [&self.kick, &self.call, &self.err]
-            .iter()
-            .filter(|f| f.is_some())
-            .count()
-    }
 }
 
 impl NetDevice {
@@ -134,15 +132,20 @@ impl NetDevice {
         self.need_owner()?;
         let VhostUserVringState { index, .. } = vring_state(req)?;
         let i = self.ring_index(u64::from(index))?;
-        let ring = &mut self.rings[i];
-        let was_started = ring.started;
-        ring.started = false;
-        ring.kick = None;
-        let reply = VhostUserVringState::new(index, u32::from(ring.base));
+        let was_started = self.rings[i].started;
+        self.rings[i].started = false;
+        self.rings[i].kick = None;
         if was_started {
-            tracing::info!(port = %self.cfg.port, ring = index, base = ring.base, "ring stopped");
+            // No poller may touch the ring once the front-end has its index back.
             self.republish();
+            self.quiesce();
+            let ring = &mut self.rings[i];
+            if let Some(shared) = ring.shared.take() {
+                ring.base = shared.last_avail();
+            }
+            tracing::info!(port = %self.cfg.port, ring = index, base = ring.base, "ring stopped");
         }
+        let reply = VhostUserVringState::new(index, u32::from(self.rings[i].base));
         Ok(Reply::Payload(reply.as_slice().to_vec()))
     }
 
@@ -176,13 +179,25 @@ impl NetDevice {
             missing: "SET_VRING_ADDR",
         })?;
         let event_idx = features & mask(bit::EVENT_IDX) != 0;
-        vring::translate(&self.memory, size, addrs, event_idx)
+        let translated = vring::translate(&self.memory, size, addrs, event_idx)
             .map_err(|err| Violation::Ring { index, err })?;
+        let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
         let ring = &mut self.rings[i];
         ring.kick = fd;
         let restarted = ring.started;
+        if !restarted {
+            let runtime = RingRuntime::start(
+                index as u16,
+                ring.base,
+                translated,
+                self.memory.clone(),
+                RingFeatures::from_features(features),
+                ring.effective_enable(bit30),
+                ring.call.clone(),
+            );
+            ring.shared = Some(runtime.shared.clone());
+        }
         ring.started = true;
-        let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
         tracing::info!(
             port = %self.cfg.port,
             ring = index,
@@ -200,7 +215,10 @@ impl NetDevice {
     pub(super) fn set_vring_call(&mut self, req: &mut Request) -> Result<Reply, Violation> {
         self.need_owner()?;
         let (i, fd) = self.ring_fd(req)?;
-        self.rings[i].call = fd;
+        self.rings[i].call = fd.map(Arc::new);
+        if self.rings[i].started {
+            self.republish();
+        }
         Ok(Reply::None)
     }
 

@@ -1,0 +1,368 @@
+//! PMD threads, the per-port snapshot slots, and the quiescent-state handoff.
+//!
+//! The control plane stores a port's new snapshot in its slot and bumps the global epoch;
+//! every PMD checks the epoch once per loop iteration (one Acquire load), reloads changed
+//! slots, and acknowledges the epoch. [`Dataplane::quiesce`] waits for every PMD's
+//! acknowledgement: after it returns, no PMD holds a pointer from an older snapshot
+//! (GET_VRING_BASE may answer; a ring is no longer touched).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::forward::{self, Context, Scratch};
+use crate::snapshot::PortSnapshot;
+use crate::stats::{QueueStats, QueueTotals};
+use crate::switch::{FdbEntry, Mode, Switch};
+
+/// How long a PMD without any started ring sleeps between checks.
+const IDLE_SLEEP: Duration = Duration::from_micros(200);
+/// How long `quiesce` waits before reporting a stuck PMD.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A port as the data plane knows it before any front-end connects.
+#[derive(Clone, Debug)]
+pub struct PortInfo {
+    /// Name, for logs and stats.
+    pub name: String,
+    /// Queue pairs (rings = 2 x pairs).
+    pub queue_pairs: u16,
+    /// MAC addresses pinned to this port in the FDB.
+    pub static_macs: Vec<[u8; 6]>,
+}
+
+/// Data plane settings.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// The ports, in order.
+    pub ports: Vec<PortInfo>,
+    /// Learning or cross-connect.
+    pub mode: Mode,
+    /// One PMD thread per core.
+    pub pmd_cores: Vec<usize>,
+    /// FDB entry lifetime.
+    pub fdb_aging_secs: u64,
+}
+
+/// The data plane could not start or did not answer.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    /// A core could not be pinned.
+    #[error("cannot pin a PMD thread to core {0}: the core is not available to this process")]
+    Pin(usize),
+    /// A thread could not be spawned.
+    #[error("cannot start the PMD thread for core {0}: {1}")]
+    Spawn(usize, std::io::Error),
+    /// A PMD did not pass a quiescent point in time.
+    #[error("PMD on core {0} did not reach a quiescent point within {QUIESCE_TIMEOUT:?}")]
+    Stuck(usize),
+}
+
+#[derive(Debug)]
+struct PortSlot {
+    snapshot: Mutex<Option<Arc<PortSnapshot>>>,
+    generation: AtomicU64,
+}
+
+/// One PMD's shared state.
+#[derive(Debug)]
+struct Pmd {
+    core: usize,
+    /// (port, ring) pairs this PMD polls: guest TX rings, assigned round-robin.
+    assigned: Vec<(usize, usize)>,
+    seen_epoch: AtomicU64,
+    stats: Vec<Vec<QueueStats>>,
+    busy_cycles: AtomicU64,
+    idle_cycles: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ports: Vec<PortInfo>,
+    slots: Vec<PortSlot>,
+    epoch: AtomicU64,
+    pmds: Vec<Pmd>,
+    switch: Switch,
+    stop: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    fn now_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+/// Per-PMD totals, for output.
+#[derive(Clone, Debug)]
+pub struct PmdTotals {
+    /// The core it is pinned to.
+    pub core: usize,
+    /// Its (port name, ring index) assignments.
+    pub assigned: Vec<(String, usize)>,
+    /// Cycles spent in iterations that moved packets.
+    pub busy_cycles: u64,
+    /// Cycles spent in iterations that found nothing.
+    pub idle_cycles: u64,
+}
+
+/// Totals of one port, for output.
+#[derive(Clone, Debug)]
+pub struct PortTotals {
+    /// Port name.
+    pub name: String,
+    /// Per ring index, summed over PMDs.
+    pub rings: Vec<QueueTotals>,
+}
+
+/// The running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn cycles() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC has no preconditions on x86-64; it only reads the time-stamp counter.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+impl Dataplane {
+    /// Starts one pinned PMD thread per core and assigns every guest TX ring round-robin.
+    pub fn start(cfg: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        let n = cfg.pmd_cores.len().max(1);
+        let mut assigned = vec![Vec::new(); n];
+        let mut next = 0;
+        for (p, port) in cfg.ports.iter().enumerate() {
+            for q in 0..usize::from(port.queue_pairs) {
+                assigned[next % n].push((p, 2 * q + 1));
+                next += 1;
+            }
+        }
+        let stats_shape = || -> Vec<Vec<QueueStats>> {
+            cfg.ports
+                .iter()
+                .map(|p| (0..2 * usize::from(p.queue_pairs)).map(|_| QueueStats::default()).collect())
+                .collect()
+        };
+        let pmds = cfg
+            .pmd_cores
+            .iter()
+            .zip(assigned)
+            .map(|(&core, assigned)| Pmd {
+                core,
+                assigned,
+                seen_epoch: AtomicU64::new(0),
+                stats: stats_shape(),
+                busy_cycles: AtomicU64::new(0),
+                idle_cycles: AtomicU64::new(0),
+            })
+            .collect();
+        let switch = Switch::new(cfg.mode, cfg.ports.len(), cfg.fdb_aging_secs);
+        for (p, port) in cfg.ports.iter().enumerate() {
+            for mac in &port.static_macs {
+                switch.add_static(*mac, p);
+            }
+        }
+        let shared = Arc::new(Shared {
+            slots: cfg
+                .ports
+                .iter()
+                .map(|_| PortSlot { snapshot: Mutex::new(None), generation: AtomicU64::new(0) })
+                .collect(),
+            ports: cfg.ports,
+            epoch: AtomicU64::new(0),
+            pmds,
+            switch,
+            stop: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        let mut dp = Dataplane { shared, threads: Vec::new() };
+        for i in 0..dp.shared.pmds.len() {
+            let core = dp.shared.pmds[i].core;
+            let shared = dp.shared.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let handle = std::thread::Builder::new()
+                .name(format!("pmd-{core}"))
+                .spawn(move || {
+                    let pinned = core_affinity::get_core_ids()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.id == core)
+                        .is_some_and(core_affinity::set_for_current);
+                    let _ = tx.send(pinned);
+                    if pinned {
+                        pmd_loop(&shared, i);
+                    }
+                })
+                .map_err(|e| DataplaneError::Spawn(core, e))?;
+            dp.threads.push(handle);
+            if !rx.recv().unwrap_or(false) {
+                return Err(DataplaneError::Pin(core));
+            }
+            let names: Vec<String> = dp.shared.pmds[i]
+                .assigned
+                .iter()
+                .map(|&(p, r)| format!("{}/ring{r}", dp.shared.ports[p].name))
+                .collect();
+            tracing::info!(core, queues = ?names, "PMD started");
+        }
+        Ok(dp)
+    }
+
+    /// Replaces port `port`'s snapshot (`None`: no front-end) and bumps the epoch.
+    pub fn publish(&self, port: usize, snapshot: Option<Arc<PortSnapshot>>) {
+        let slot = &self.shared.slots[port];
+        *slot.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        slot.generation.fetch_add(1, Ordering::Release);
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Waits until every PMD has passed a quiescent point after the last `publish`.
+    pub fn quiesce(&self) -> Result<(), DataplaneError> {
+        let target = self.shared.epoch.load(Ordering::Acquire);
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        for pmd in &self.shared.pmds {
+            while pmd.seen_epoch.load(Ordering::Acquire) < target {
+                if Instant::now() > deadline {
+                    return Err(DataplaneError::Stuck(pmd.core));
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets FDB entries learned on `port` (its front-end left) and expired ones.
+    pub fn forget_port(&self, port: usize) {
+        self.shared.switch.expire(self.shared.now_secs(), Some(port));
+    }
+
+    /// Drops expired FDB entries.
+    pub fn expire_fdb(&self) {
+        self.shared.switch.expire(self.shared.now_secs(), None);
+    }
+
+    /// Live FDB entries with port names.
+    pub fn fdb(&self) -> Vec<(FdbEntry, String)> {
+        self.shared
+            .switch
+            .entries(self.shared.now_secs())
+            .into_iter()
+            .map(|e| {
+                let name = self.shared.ports.get(e.port).map(|p| p.name.clone()).unwrap_or_default();
+                (e, name)
+            })
+            .collect()
+    }
+
+    /// Counters of every port, summed over PMDs.
+    pub fn port_totals(&self) -> Vec<PortTotals> {
+        self.shared
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(p, info)| {
+                let mut rings = vec![QueueTotals::default(); 2 * usize::from(info.queue_pairs)];
+                for pmd in &self.shared.pmds {
+                    for (t, q) in rings.iter_mut().zip(&pmd.stats[p]) {
+                        t.add(q);
+                    }
+                }
+                PortTotals { name: info.name.clone(), rings }
+            })
+            .collect()
+    }
+
+    /// Per-PMD assignment and cycle counters.
+    pub fn pmd_totals(&self) -> Vec<PmdTotals> {
+        self.shared
+            .pmds
+            .iter()
+            .map(|pmd| PmdTotals {
+                core: pmd.core,
+                assigned: pmd.assigned.iter().map(|&(p, r)| (self.shared.ports[p].name.clone(), r)).collect(),
+                busy_cycles: pmd.busy_cycles.load(Ordering::Relaxed),
+                idle_cycles: pmd.idle_cycles.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Switching mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.switch.mode()
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pmd_loop(shared: &Shared, me: usize) {
+    let pmd = &shared.pmds[me];
+    let mut ports: Vec<Option<Arc<PortSnapshot>>> = vec![None; shared.slots.len()];
+    let mut generations = vec![0u64; shared.slots.len()];
+    let mut seen = u64::MAX;
+    let mut scratch = Scratch::default();
+    let (mut busy, mut idle) = (0u64, 0u64);
+    let mut iterations = 0u32;
+    let mut now = shared.now_secs();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        if epoch != seen {
+            for (i, slot) in shared.slots.iter().enumerate() {
+                let g = slot.generation.load(Ordering::Acquire);
+                if g != generations[i] {
+                    ports[i] = slot.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    generations[i] = g;
+                }
+            }
+            seen = epoch;
+            pmd.seen_epoch.store(epoch, Ordering::Release);
+        }
+        let start = cycles();
+        let mut active = false;
+        let mut work = 0;
+        {
+            let ctx = Context { ports: &ports, switch: &shared.switch, stats: &pmd.stats, now };
+            for &(p, r) in &pmd.assigned {
+                if let Some(Some(tx)) = ports[p].as_ref().and_then(|s| s.rings.get(r)) {
+                    active = true;
+                    work += forward::poll_tx(&mut scratch, &ctx, p, tx);
+                }
+            }
+        }
+        let spent = cycles().wrapping_sub(start);
+        if work > 0 {
+            busy += spent;
+        } else {
+            idle += spent;
+        }
+        iterations = iterations.wrapping_add(1);
+        if iterations % 1024 == 0 || !active {
+            pmd.busy_cycles.store(busy, Ordering::Relaxed);
+            pmd.idle_cycles.store(idle, Ordering::Relaxed);
+            now = shared.now_secs();
+        }
+        if !active {
+            // Nothing to poll: no front-end has a started TX ring on this PMD.
+            std::thread::sleep(IDLE_SLEEP);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Walking a descriptor chain (virtio 1.2 §2.7.5, §2.7.5.3) against a hostile driver.
+//!
+//! Each descriptor is copied once and validated from the copy. A chain is bounded by the
+//! queue size (so a loop ends as `TooLong`), an indirect table by its own length, indirect
+//! tables may not nest, device-readable buffers come before device-writable ones, and
+//! every buffer range must lie in guest memory. Buffers that cross a region boundary are
+//! split into one host segment per region.
+
+use std::ptr::NonNull;
+
+use thiserror::Error;
+
+use super::raw::{indirect_descriptor, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::memory::GuestMemoryMap;
+
+/// Why a chain was refused.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// A `next` field or head points past the table.
+    #[error("descriptor index {0} is out of range")]
+    IndexOutOfRange(u16),
+    /// More descriptors than the queue size: a loop or an oversized chain.
+    #[error("chain longer than the queue size (loop?)")]
+    TooLong,
+    /// An indirect descriptor inside an indirect table.
+    #[error("nested indirect table")]
+    NestedIndirect,
+    /// INDIRECT together with NEXT, or in the middle of a chain.
+    #[error("indirect descriptor with NEXT set")]
+    IndirectWithNext,
+    /// Indirect table length not a non-zero multiple of 16, or beyond the queue size.
+    #[error("indirect table of {0} bytes")]
+    BadIndirectLength(u32),
+    /// A buffer or table that is not (wholly) in guest memory.
+    #[error("buffer {addr:#x}+{len} is outside guest memory")]
+    OutsideMemory {
+        /// Guest physical address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// A readable buffer after a writable one, or the wrong kind for the queue.
+    #[error("descriptor direction not allowed here")]
+    WrongDirection,
+    /// More segments than the scratch buffer holds.
+    #[error("chain has too many segments")]
+    TooManySegments,
+    /// The driver set the INDIRECT feature bit it did not negotiate.
+    #[error("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC")]
+    IndirectNotNegotiated,
+}
+
+/// A host memory segment of a chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    /// Host address of the first byte.
+    pub ptr: NonNull<u8>,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Preallocated space for one chain's segments (no allocation per packet).
+#[derive(Debug)]
+pub struct Segments {
+    segs: Vec<Segment>,
+    total: u64,
+}
+
+impl Segments {
+    /// Room for `capacity` segments.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Segments { segs: Vec::with_capacity(capacity), total: 0 }
+    }
+
+    /// Forgets the previous chain.
+    pub fn clear(&mut self) {
+        self.segs.clear();
+        self.total = 0;
+    }
+
+    /// The segments, in chain order.
+    pub fn as_slice(&self) -> &[Segment] {
+        &self.segs
+    }
+
+    /// Total bytes.
+    pub fn total_len(&self) -> u64 {
+        self.total
+    }
+
+    fn push(&mut self, seg: Segment) -> Result<(), ChainError> {
+        if self.segs.len() == self.segs.capacity() {
+            return Err(ChainError::TooManySegments);
+        }
+        self.total += u64::from(seg.len);
+        self.segs.push(seg);
+        Ok(())
+    }
+}
+
+/// Which buffers the device expects in a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Guest TX: only device-readable buffers.
+    Readable,
+    /// Guest RX: only device-writable buffers.
+    Writable,
+}
+
+/// Appends the host segments of `addr..addr+len`, split at region boundaries.
+fn push_range(mem: &GuestMemoryMap, addr: u64, len: u32, out: &mut Segments) -> Result<(), ChainError> {
+    let mut at = addr;
+    let mut left = u64::from(len);
+    let outside = ChainError::OutsideMemory { addr, len };
+    while left > 0 {
+        let (ptr, room) = mem.translate_gpa_prefix(at).ok_or(outside)?;
+        let take = left.min(room);
+        out.push(Segment { ptr, len: take as u32 })?;
+        at = at.checked_add(take).ok_or(outside)?;
+        left -= take;
+    }
+    Ok(())
+}
+
+/// Walks the chain starting at `head` into `out` (cleared first).
+///
+/// `indirect_ok`: VIRTIO_RING_F_INDIRECT_DESC was negotiated.
+pub fn walk(
+    ring: &RawRing,
+    mem: &GuestMemoryMap,
+    head: u16,
+    dir: Direction,
+    indirect_ok: bool,
+    out: &mut Segments,
+) -> Result<(), ChainError> {
+    out.clear();
+    walk_append(ring, mem, head, dir, indirect_ok, out)
+}
+
+/// Walks the chain starting at `head`, appending its buffers to `out`.
+pub fn walk_append(
+    ring: &RawRing,
+    mem: &GuestMemoryMap,
+    head: u16,
+    dir: Direction,
+    indirect_ok: bool,
+    out: &mut Segments,
+) -> Result<(), ChainError> {
+    let size = ring.size();
+    let mut desc = ring.descriptor(head).ok_or(ChainError::IndexOutOfRange(head))?;
+    let mut seen: u32 = 1;
+    loop {
+        if desc.flags & DESC_F_INDIRECT != 0 {
+            if !indirect_ok {
+                return Err(ChainError::IndirectNotNegotiated);
+            }
+            if desc.flags & DESC_F_NEXT != 0 {
+                return Err(ChainError::IndirectWithNext);
+            }
+            return walk_indirect(mem, desc, size, dir, out);
+        }
+        visit(mem, desc, dir, out)?;
+        if desc.flags & DESC_F_NEXT == 0 {
+            return Ok(());
+        }
+        seen += 1;
+        if seen > u32::from(size) {
+            return Err(ChainError::TooLong);
+        }
+        desc = ring.descriptor(desc.next).ok_or(ChainError::IndexOutOfRange(desc.next))?;
+    }
+}
+
+fn walk_indirect(
+    mem: &GuestMemoryMap,
+    table: Descriptor,
+    size: u16,
+    dir: Direction,
+    out: &mut Segments,
+) -> Result<(), ChainError> {
+    let len = table.len;
+    if len == 0 || len % 16 != 0 || len / 16 > u32::from(size) {
+        return Err(ChainError::BadIndirectLength(len));
+    }
+    let count = len / 16;
+    let ptr = mem
+        .translate_gpa(table.addr, u64::from(len))
+        .ok_or(ChainError::OutsideMemory { addr: table.addr, len })?;
+    // SAFETY: `ptr` covers `len = 16 * count` bytes of guest memory, translated through
+    // `mem`, which the caller keeps mapped for the duration of the walk.
+    let read = |i: u16| unsafe { indirect_descriptor(ptr.as_ptr(), count, i) };
+    let mut desc = read(0).ok_or(ChainError::IndexOutOfRange(0))?;
+    let mut seen = 1;
+    loop {
+        if desc.flags & DESC_F_INDIRECT != 0 {
+            return Err(ChainError::NestedIndirect);
+        }
+        visit(mem, desc, dir, out)?;
+        if desc.flags & DESC_F_NEXT == 0 {
+            return Ok(());
+        }
+        seen += 1;
+        if seen > count {
+            return Err(ChainError::TooLong);
+        }
+        desc = read(desc.next).ok_or(ChainError::IndexOutOfRange(desc.next))?;
+    }
+}
+
+fn visit(mem: &GuestMemoryMap, desc: Descriptor, dir: Direction, out: &mut Segments) -> Result<(), ChainError> {
+    let writable = desc.flags & DESC_F_WRITE != 0;
+    if writable != (dir == Direction::Writable) {
+        return Err(ChainError::WrongDirection);
+    }
+    push_range(mem, desc.addr, desc.len, out)
+}

@@ -1,0 +1,4 @@
+//! Split virtqueues, device side: raw ring access and chain walking.
+
+pub mod chain;
+pub mod raw;
