@@ -234,7 +234,11 @@ impl Config {
         let mut ports: Vec<PortConfig> = Vec::new();
         for p in file.ports {
             let mac = p.mac.as_deref().map(parse_mac).transpose()?;
-            let static_macs = p.static_macs.iter().map(|m| parse_mac(m)).collect::<Result<_, _>>()?;
+            let static_macs = p
+                .static_macs
+                .iter()
+                .map(|m| parse_mac(m))
+                .collect::<Result<_, _>>()?;
             ports.push(PortConfig {
                 name: p.name,
                 socket: p.socket,

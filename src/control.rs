@@ -6,7 +6,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pmd::dataplane::Dataplane;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -17,6 +21,9 @@ use crate::vhost_user::session::SessionEnd;
 const KIND_SHUTDOWN: u64 = 0;
 const KIND_LISTENER: u64 = 1;
 const KIND_SESSION: u64 = 2;
+const KIND_CONTROL: u64 = 3;
+/// How often expired FDB entries are swept.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 fn token(kind: u64, port: usize) -> u64 {
     (kind << 32) | port as u64
@@ -27,13 +34,25 @@ pub struct ControlLoop {
     epoll: Epoll,
     ports: Vec<Port>,
     shutdown: EventFd,
+    dataplane: Arc<Dataplane>,
+    control: Option<UnixListener>,
+    next_housekeeping: Instant,
 }
 
 impl ControlLoop {
-    /// Registers the ports; `shutdown` ends [`ControlLoop::run`] when written.
-    pub fn new(ports: Vec<Port>, shutdown: EventFd) -> io::Result<Self> {
+    /// Registers the ports and the control socket; `shutdown` ends [`ControlLoop::run`]
+    /// when written.
+    pub fn new(
+        ports: Vec<Port>,
+        shutdown: EventFd,
+        dataplane: Arc<Dataplane>,
+        control: Option<UnixListener>,
+    ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         add(&epoll, shutdown.as_raw_fd(), token(KIND_SHUTDOWN, 0))?;
+        if let Some(listener) = &control {
+            add(&epoll, listener.as_raw_fd(), token(KIND_CONTROL, 0))?;
+        }
         for (i, port) in ports.iter().enumerate() {
             if let Endpoint::Server { listener } = &port.endpoint {
                 add(&epoll, listener.as_raw_fd(), token(KIND_LISTENER, i))?;
@@ -43,6 +62,9 @@ impl ControlLoop {
             epoll,
             ports,
             shutdown,
+            dataplane,
+            control,
+            next_housekeeping: Instant::now() + HOUSEKEEPING,
         })
     }
 
@@ -55,6 +77,10 @@ impl ControlLoop {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
+            if Instant::now() >= self.next_housekeeping {
+                self.dataplane.expire_fdb();
+                self.next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
             self.connect_clients();
             let timeout = self.timeout_ms();
             let n = match self.epoll.wait(timeout, &mut events) {
@@ -70,6 +96,7 @@ impl ControlLoop {
                         return Ok(());
                     }
                     KIND_LISTENER => self.accept(index),
+                    KIND_CONTROL => self.answer_control(),
                     _ => self.serve(index, event.event_set()),
                 }
             }
@@ -81,9 +108,21 @@ impl ControlLoop {
         self.ports
             .iter()
             .filter_map(Port::next_attempt)
+            .chain(std::iter::once(self.next_housekeeping))
             .map(|at| at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1)
             .min()
             .unwrap_or(-1)
+    }
+
+    fn answer_control(&mut self) {
+        let Some(listener) = &self.control else {
+            return;
+        };
+        while let Ok((stream, _)) = listener.accept() {
+            if let Err(e) = crate::ctl::serve(stream, &self.ports, &self.dataplane) {
+                tracing::debug!("control client went away: {e}");
+            }
+        }
     }
 
     fn connect_clients(&mut self) {

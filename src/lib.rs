@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod port;
 pub mod vhost_user;

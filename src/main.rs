@@ -29,6 +29,21 @@ struct Cli {
 enum Command {
     /// Run the switch.
     Run(RunArgs),
+    /// Ask a running switch for its counters, ports or FDB.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The switch's control socket.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    json: bool,
+    /// What to show.
+    #[arg(value_enum)]
+    command: vhost_switch::ctl::Command,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +69,9 @@ struct RunArgs {
     /// Seconds a learned MAC stays in the FDB without being seen.
     #[arg(long = "fdb-aging", value_name = "SECS")]
     fdb_aging_secs: Option<u64>,
+    /// Control socket for `vhost-switch ctl` (default /run/vhost-switch/control.sock).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// TOML file with the same settings; flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -63,11 +81,23 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Ctl(args) => ctl(args),
     };
     if let Err(e) = result {
         eprintln!("vhost-switch: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn ctl(args: CtlArgs) -> Result<()> {
+    let path = vhost_switch::ctl::socket_path(args.control_socket);
+    let answer = vhost_switch::ctl::query(&path, args.command)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", vhost_switch::ctl::render(args.command, &answer));
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -128,7 +158,11 @@ fn run(args: RunArgs) -> Result<()> {
     let mut ports = Vec::new();
     for (index, port_config) in config.ports.iter().enumerate() {
         // On error, ports opened so far are dropped; remove their sockets too.
-        match Port::open(port_config.clone(), config.max_mem_slots, Some((dataplane.clone(), index))) {
+        match Port::open(
+            port_config.clone(),
+            config.max_mem_slots,
+            Some((dataplane.clone(), index)),
+        ) {
             Ok(port) => ports.push(port),
             Err(e) => {
                 ports.iter().for_each(Port::remove_socket);
@@ -153,11 +187,24 @@ fn run(args: RunArgs) -> Result<()> {
         out.flush()?;
     }
     tracing::info!(mode = ?config.mode, pmd_cores = ?config.pmd_cores, "switch running");
-    let mut control = ControlLoop::new(ports, shutdown).context("control loop")?;
+    let control_path = vhost_switch::ctl::socket_path(args.control_socket);
+    let control_listener = match vhost_switch::ctl::listen(&control_path) {
+        Ok(l) => l,
+        Err(e) => {
+            ports.iter().for_each(Port::remove_socket);
+            return Err(anyhow::anyhow!(
+                "control socket {}: {e}",
+                control_path.display()
+            ));
+        }
+    };
+    let mut control = ControlLoop::new(ports, shutdown, dataplane.clone(), Some(control_listener))
+        .context("control loop")?;
     control.run().context("control loop")?;
     for port in control.ports() {
         port.remove_socket();
     }
+    let _ = std::fs::remove_file(&control_path);
     print_counters(control.ports(), &dataplane);
     Ok(())
 }
@@ -206,7 +253,10 @@ fn print_counters(ports: &[Port], dataplane: &Dataplane) {
         "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_drops", "tx_drops"
     );
     for t in dataplane.port_totals() {
-        let (mut rx, mut tx) = (pmd::stats::QueueTotals::default(), pmd::stats::QueueTotals::default());
+        let (mut rx, mut tx) = (
+            pmd::stats::QueueTotals::default(),
+            pmd::stats::QueueTotals::default(),
+        );
         for (i, ring) in t.rings.iter().enumerate() {
             let side = if i % 2 == 1 { &mut rx } else { &mut tx };
             side.packets += ring.packets;

@@ -153,7 +153,11 @@ impl Dataplane {
         let stats_shape = || -> Vec<Vec<QueueStats>> {
             cfg.ports
                 .iter()
-                .map(|p| (0..2 * usize::from(p.queue_pairs)).map(|_| QueueStats::default()).collect())
+                .map(|p| {
+                    (0..2 * usize::from(p.queue_pairs))
+                        .map(|_| QueueStats::default())
+                        .collect()
+                })
                 .collect()
         };
         let pmds = cfg
@@ -179,7 +183,10 @@ impl Dataplane {
             slots: cfg
                 .ports
                 .iter()
-                .map(|_| PortSlot { snapshot: Mutex::new(None), generation: AtomicU64::new(0) })
+                .map(|_| PortSlot {
+                    snapshot: Mutex::new(None),
+                    generation: AtomicU64::new(0),
+                })
                 .collect(),
             ports: cfg.ports,
             epoch: AtomicU64::new(0),
@@ -188,7 +195,10 @@ impl Dataplane {
             stop: AtomicBool::new(false),
             started: Instant::now(),
         });
-        let mut dp = Dataplane { shared, threads: Vec::new() };
+        let mut dp = Dataplane {
+            shared,
+            threads: Vec::new(),
+        };
         for i in 0..dp.shared.pmds.len() {
             let core = dp.shared.pmds[i].core;
             let shared = dp.shared.clone();
@@ -246,7 +256,9 @@ impl Dataplane {
 
     /// Forgets FDB entries learned on `port` (its front-end left) and expired ones.
     pub fn forget_port(&self, port: usize) {
-        self.shared.switch.expire(self.shared.now_secs(), Some(port));
+        self.shared
+            .switch
+            .expire(self.shared.now_secs(), Some(port));
     }
 
     /// Drops expired FDB entries.
@@ -261,7 +273,12 @@ impl Dataplane {
             .entries(self.shared.now_secs())
             .into_iter()
             .map(|e| {
-                let name = self.shared.ports.get(e.port).map(|p| p.name.clone()).unwrap_or_default();
+                let name = self
+                    .shared
+                    .ports
+                    .get(e.port)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 (e, name)
             })
             .collect()
@@ -280,7 +297,10 @@ impl Dataplane {
                         t.add(q);
                     }
                 }
-                PortTotals { name: info.name.clone(), rings }
+                PortTotals {
+                    name: info.name.clone(),
+                    rings,
+                }
             })
             .collect()
     }
@@ -292,7 +312,11 @@ impl Dataplane {
             .iter()
             .map(|pmd| PmdTotals {
                 core: pmd.core,
-                assigned: pmd.assigned.iter().map(|&(p, r)| (self.shared.ports[p].name.clone(), r)).collect(),
+                assigned: pmd
+                    .assigned
+                    .iter()
+                    .map(|&(p, r)| (self.shared.ports[p].name.clone(), r))
+                    .collect(),
                 busy_cycles: pmd.busy_cycles.load(Ordering::Relaxed),
                 idle_cycles: pmd.idle_cycles.load(Ordering::Relaxed),
             })
@@ -329,7 +353,11 @@ fn pmd_loop(shared: &Shared, me: usize) {
             for (i, slot) in shared.slots.iter().enumerate() {
                 let g = slot.generation.load(Ordering::Acquire);
                 if g != generations[i] {
-                    ports[i] = slot.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    ports[i] = slot
+                        .snapshot
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
                     generations[i] = g;
                 }
             }
@@ -340,7 +368,12 @@ fn pmd_loop(shared: &Shared, me: usize) {
         let mut active = false;
         let mut work = 0;
         {
-            let ctx = Context { ports: &ports, switch: &shared.switch, stats: &pmd.stats, now };
+            let ctx = Context {
+                ports: &ports,
+                switch: &shared.switch,
+                stats: &pmd.stats,
+                now,
+            };
             for &(p, r) in &pmd.assigned {
                 if let Some(Some(tx)) = ports[p].as_ref().and_then(|s| s.rings.get(r)) {
                     active = true;

@@ -59,7 +59,13 @@ pub struct Context<'a> {
 
 /// Copies `len` bytes from `src` (starting `src_off` bytes in) to `dst` (starting
 /// `dst_off` bytes in). Both lists were validated to cover these ranges.
-fn copy_segments(src: &[Segment], mut src_off: u64, dst: &[Segment], mut dst_off: u64, mut len: u64) {
+fn copy_segments(
+    src: &[Segment],
+    mut src_off: u64,
+    dst: &[Segment],
+    mut dst_off: u64,
+    mut len: u64,
+) {
     let mut si = 0;
     let mut di = 0;
     while si < src.len() && src_off >= u64::from(src[si].len) {
@@ -73,14 +79,20 @@ fn copy_segments(src: &[Segment], mut src_off: u64, dst: &[Segment], mut dst_off
     while len > 0 && si < src.len() && di < dst.len() {
         let s = src[si];
         let d = dst[di];
-        let n = len.min(u64::from(s.len) - src_off).min(u64::from(d.len) - dst_off);
+        let n = len
+            .min(u64::from(s.len) - src_off)
+            .min(u64::from(d.len) - dst_off);
         // SAFETY: each segment is a range of mapped guest memory checked by the chain walk
         // and kept mapped by the snapshots the caller holds; src_off + n <= s.len and
         // dst_off + n <= d.len by the min above. Source (a TX buffer) and destination (an
         // RX buffer) may alias only if a guest points both at the same memory, which can
         // corrupt only that guest's own data, hence `copy` rather than a non-overlapping copy.
         unsafe {
-            std::ptr::copy(s.ptr.as_ptr().add(src_off as usize), d.ptr.as_ptr().add(dst_off as usize), n as usize);
+            std::ptr::copy(
+                s.ptr.as_ptr().add(src_off as usize),
+                d.ptr.as_ptr().add(dst_off as usize),
+                n as usize,
+            );
         }
         len -= n;
         src_off += n;
@@ -98,7 +110,10 @@ fn copy_segments(src: &[Segment], mut src_off: u64, dst: &[Segment], mut dst_off
 
 /// Reads `out.len()` bytes starting `off` bytes into the segments.
 fn read_bytes<const N: usize>(segs: &[Segment], off: u64, out: &mut [u8; N]) {
-    let tmp = [Segment { ptr: std::ptr::NonNull::from(out).cast(), len: N as u32 }];
+    let tmp = [Segment {
+        ptr: std::ptr::NonNull::from(out).cast(),
+        len: N as u32,
+    }];
     copy_segments(segs, off, &tmp, 0, N as u64);
 }
 
@@ -135,7 +150,9 @@ fn flush_used(ring: &RingRuntime, cur: &mut Cursor) {
 /// Takes up to one burst from guest TX ring `ring` of port `src_port` and forwards it.
 /// Returns the number of chains taken.
 pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &RingRuntime) -> u32 {
-    let Some(mut guard) = tx.shared.try_lock() else { return 0 };
+    let Some(mut guard) = tx.shared.try_lock() else {
+        return 0;
+    };
     if tx.shared.broken() != 0 {
         return 0;
     }
@@ -150,7 +167,13 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
     let ring_index = usize::from(tx.shared.index());
     if pending > size {
         if tx.shared.mark_broken(broken::AVAIL_JUMP) {
-            tracing::error!(port = src_port, ring = ring_index, avail, last = cur.last_avail, "avail index jumped beyond the ring size: ring stopped");
+            tracing::error!(
+                port = src_port,
+                ring = ring_index,
+                avail,
+                last = cur.last_avail,
+                "avail index jumped beyond the ring size: ring stopped"
+            );
         }
         return 0;
     }
@@ -164,17 +187,34 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
         let head = raw.avail_entry(cur.last_avail);
         if head >= size {
             if tx.shared.mark_broken(broken::BAD_HEAD) {
-                tracing::error!(port = src_port, ring = ring_index, head, "avail entry names a descriptor outside the table: ring stopped");
+                tracing::error!(
+                    port = src_port,
+                    ring = ring_index,
+                    head,
+                    "avail entry names a descriptor outside the table: ring stopped"
+                );
             }
             break;
         }
         cur.last_avail = cur.last_avail.wrapping_add(1);
         taken += 1;
-        match chain::walk(raw, tx.memory(), head, Direction::Readable, tx.features.indirect, &mut scratch.src) {
+        match chain::walk(
+            raw,
+            tx.memory(),
+            head,
+            Direction::Readable,
+            tx.features.indirect,
+            &mut scratch.src,
+        ) {
             Err(e) => {
                 stats.drop(DropReason::BadDescriptor);
                 if tx.shared.first_error() {
-                    tracing::warn!(port = src_port, ring = ring_index, head, "bad TX descriptor chain dropped: {e} (further ones counted, not logged)");
+                    tracing::warn!(
+                        port = src_port,
+                        ring = ring_index,
+                        head,
+                        "bad TX descriptor chain dropped: {e} (further ones counted, not logged)"
+                    );
                 }
             }
             Ok(()) => {
@@ -236,7 +276,14 @@ fn flush_touched(scratch: &mut Scratch, ctx: &Context<'_>) {
 }
 
 /// Offers the frame in `scratch.src` (after `src_hdr` header bytes) to port `port`.
-fn deliver(scratch: &mut Scratch, ctx: &Context<'_>, port: usize, queue: usize, src_hdr: u64, frame_len: u64) {
+fn deliver(
+    scratch: &mut Scratch,
+    ctx: &Context<'_>,
+    port: usize,
+    queue: usize,
+    src_hdr: u64,
+    frame_len: u64,
+) {
     let Some(snap) = ctx.ports[port].as_ref() else {
         return;
     };
@@ -252,7 +299,9 @@ fn deliver(scratch: &mut Scratch, ctx: &Context<'_>, port: usize, queue: usize, 
         Ok(()) => {
             stats.packets.add(1);
             stats.bytes.add(frame_len);
-            if !scratch.touched.contains(&(port, ring_index)) && scratch.touched.len() < scratch.touched.capacity() {
+            if !scratch.touched.contains(&(port, ring_index))
+                && scratch.touched.len() < scratch.touched.capacity()
+            {
                 scratch.touched.push((port, ring_index));
             } else if !scratch.touched.contains(&(port, ring_index)) {
                 flush_used(rx, guard.cursor());
@@ -290,7 +339,11 @@ fn fill_rx(
             cur.cached_avail = raw.avail_idx();
             if cur.cached_avail.wrapping_sub(cur.last_avail) > size {
                 if rx.shared.mark_broken(broken::AVAIL_JUMP) {
-                    tracing::error!(port, ring = rx.shared.index(), "RX avail index jumped beyond the ring size: ring stopped");
+                    tracing::error!(
+                        port,
+                        ring = rx.shared.index(),
+                        "RX avail index jumped beyond the ring size: ring stopped"
+                    );
                 }
                 cur.last_avail = start_avail;
                 return Err(DropReason::RxRingUnavailable);
@@ -305,19 +358,36 @@ fn fill_rx(
         let walked = if head >= size {
             Err(chain::ChainError::IndexOutOfRange(head))
         } else {
-            chain::walk_append(raw, rx.memory(), head, Direction::Writable, rx.features.indirect, &mut scratch.dst)
+            chain::walk_append(
+                raw,
+                rx.memory(),
+                head,
+                Direction::Writable,
+                rx.features.indirect,
+                &mut scratch.dst,
+            )
         };
         if let Err(e) = walked {
             if rx.shared.mark_broken(broken::BAD_HEAD) {
-                tracing::error!(port, ring = rx.shared.index(), head, "bad RX descriptor chain: {e}: ring stopped");
+                tracing::error!(
+                    port,
+                    ring = rx.shared.index(),
+                    head,
+                    "bad RX descriptor chain: {e}: ring stopped"
+                );
             }
             cur.last_avail = start_avail;
             return Err(DropReason::RxBadDescriptor);
         }
         cur.last_avail = cur.last_avail.wrapping_add(1);
-        let chain_len: u64 = scratch.dst.as_slice()[seg_start..].iter().map(|s| u64::from(s.len)).sum();
+        let chain_len: u64 = scratch.dst.as_slice()[seg_start..]
+            .iter()
+            .map(|s| u64::from(s.len))
+            .sum();
         capacity += chain_len;
-        scratch.chains.push((head, scratch.dst.as_slice().len(), chain_len));
+        scratch
+            .chains
+            .push((head, scratch.dst.as_slice().len(), chain_len));
         if !rx.features.mrg_rxbuf && capacity < need {
             cur.last_avail = start_avail;
             return Err(DropReason::TooBig);
@@ -328,7 +398,10 @@ fn fill_rx(
     let mut header = [0u8; 12];
     let nbufs = scratch.chains.len() as u16;
     header[10..12].copy_from_slice(&nbufs.to_le_bytes());
-    let header_src = [Segment { ptr: std::ptr::NonNull::from(&mut header).cast(), len: 12 }];
+    let header_src = [Segment {
+        ptr: std::ptr::NonNull::from(&mut header).cast(),
+        len: 12,
+    }];
     let dst = scratch.dst.as_slice();
     copy_segments(&header_src, 0, dst, 0, hdr);
     copy_segments(scratch.src.as_slice(), src_hdr, dst, hdr, frame_len);
@@ -362,7 +435,10 @@ mod tests {
         let mut a = *b"0123456789";
         let mut b = [0u8; 4];
         let mut c = [0u8; 8];
-        let seg = |buf: &mut [u8]| Segment { ptr: std::ptr::NonNull::from(&mut buf[0]), len: buf.len() as u32 };
+        let seg = |buf: &mut [u8]| Segment {
+            ptr: std::ptr::NonNull::from(&mut buf[0]),
+            len: buf.len() as u32,
+        };
         let src = [seg(&mut a[..3]), seg(&mut a[3..])];
         let dst = [seg(&mut b), seg(&mut c)];
         copy_segments(&src, 2, &dst, 1, 7);

@@ -196,7 +196,8 @@ impl GuestMemoryMap {
     pub fn translate_gpa_prefix(&self, gpa: u64) -> Option<(NonNull<u8>, u64)> {
         self.regions.iter().find_map(|r| {
             let offset = gpa.checked_sub(r.spec.guest_phys_addr)?;
-            (offset < r.spec.size).then(|| Some((r.host_range(offset, 1)?, r.spec.size - offset)))?
+            (offset < r.spec.size)
+                .then(|| Some((r.host_range(offset, 1)?, r.spec.size - offset)))?
         })
     }
 

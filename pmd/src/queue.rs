@@ -198,7 +198,14 @@ impl RingRuntime {
         // (callers use `vring::translate` with the same EVENT_IDX setting), and `memory`
         // is stored beside `raw`, so the mapping outlives every use of `raw`.
         let raw = unsafe { RawRing::new(ring) };
-        RingRuntime { shared, raw, features, enabled, call, memory }
+        RingRuntime {
+            shared,
+            raw,
+            features,
+            enabled,
+            call,
+            memory,
+        }
     }
 
     /// The memory the ring and its buffers live in.

@@ -86,7 +86,12 @@ impl Switch {
     /// A switch over `ports` ports. Entries not seen for `aging_secs` are forgotten.
     pub fn new(mode: Mode, ports: usize, aging_secs: u64) -> Self {
         let slots = (0..SLOTS).map(|_| Slot::default()).collect();
-        Switch { mode, ports, aging_secs, slots }
+        Switch {
+            mode,
+            ports,
+            aging_secs,
+            slots,
+        }
     }
 
     /// The mode.
@@ -123,7 +128,8 @@ impl Switch {
     }
 
     fn live(&self, value: u64, now: u64) -> bool {
-        value != 0 && (value & STATIC != 0 || now.saturating_sub(value & TIME_MASK) < self.aging_secs)
+        value != 0
+            && (value & STATIC != 0 || now.saturating_sub(value & TIME_MASK) < self.aging_secs)
     }
 
     /// The port `mac` was learned on, if the entry is live.
@@ -175,7 +181,10 @@ impl Switch {
                 return;
             }
             if k == 0
-                && slot.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                && slot
+                    .key
+                    .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
             {
                 slot.value.store(value, Ordering::Release);
                 return;
@@ -191,7 +200,8 @@ impl Switch {
             if slot.key.load(Ordering::Acquire) == 0 || v == 0 {
                 continue;
             }
-            let dead = !self.live(v, now) || (v & STATIC == 0 && port_gone == Some((v >> 48) as usize));
+            let dead =
+                !self.live(v, now) || (v & STATIC == 0 && port_gone == Some((v >> 48) as usize));
             if dead {
                 slot.value.store(0, Ordering::Release);
                 slot.key.store(0, Ordering::Release);
@@ -210,7 +220,11 @@ impl Switch {
                     mac: key_mac(k),
                     port: (v >> 48) as usize,
                     is_static: v & STATIC != 0,
-                    age_secs: if v & STATIC != 0 { 0 } else { now.saturating_sub(v & TIME_MASK) },
+                    age_secs: if v & STATIC != 0 {
+                        0
+                    } else {
+                        now.saturating_sub(v & TIME_MASK)
+                    },
                 })
             })
             .collect()
@@ -232,7 +246,10 @@ mod tests {
         assert_eq!(s.decide(1, A, B, 10), Destination::Port(0));
         assert_eq!(s.decide(0, B, A, 11), Destination::Port(1));
         assert_eq!(s.decide(0, BCAST, A, 11), Destination::Flood);
-        assert_eq!(s.decide(0, [1, 0, 0x5e, 0, 0, 1], A, 11), Destination::Flood);
+        assert_eq!(
+            s.decide(0, [1, 0, 0x5e, 0, 0, 1], A, 11),
+            Destination::Flood
+        );
         // A frame for a MAC learned on the source port goes nowhere.
         assert_eq!(s.decide(0, A, A, 11), Destination::Nowhere);
         // Multicast sources are not learned.
@@ -260,7 +277,15 @@ mod tests {
         s.learn(A, 2, 1000);
         assert_eq!(s.lookup(A, 1_000_000), Some(1));
         s.expire(1_000_000, Some(1));
-        assert_eq!(s.entries(1_000_000), vec![FdbEntry { mac: A, port: 1, is_static: true, age_secs: 0 }]);
+        assert_eq!(
+            s.entries(1_000_000),
+            vec![FdbEntry {
+                mac: A,
+                port: 1,
+                is_static: true,
+                age_secs: 0
+            }]
+        );
     }
 
     #[test]

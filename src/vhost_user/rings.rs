@@ -55,7 +55,6 @@ impl VringState {
             true
         }
     }
-
 }
 
 impl NetDevice {

@@ -67,12 +67,20 @@ impl Daemon {
         d
     }
 
-    /// Starts the binary with exactly `args`, logging into `dir`.
+    /// Starts the binary with `args` (plus a control socket in `dir` for `run`), logging
+    /// into `dir`.
     pub fn spawn(dir: PathBuf, args: &[String]) -> Daemon {
         let log = dir.join("daemon.log");
         let out = dir.join("daemon.out");
+        let mut args = args.to_vec();
+        if args.first().map(String::as_str) == Some("run")
+            && !args.iter().any(|a| a == "--control-socket")
+        {
+            args.push("--control-socket".into());
+            args.push(dir.join("ctl.sock").display().to_string());
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-switch"))
-            .args(args)
+            .args(&args)
             .env("RUST_LOG", "vhost_switch=debug")
             .stdin(Stdio::null())
             .stdout(File::create(&out).unwrap())
@@ -86,6 +94,22 @@ impl Daemon {
             out,
             keep_dir: false,
         }
+    }
+
+    /// `vhost-switch ctl COMMAND --json` against this daemon, parsed.
+    pub fn ctl(&self, command: &str) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_vhost-switch"))
+            .args(["ctl", "--json", "--control-socket"])
+            .arg(self.dir.join("ctl.sock"))
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctl {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     pub fn sock(&self, name: &str) -> PathBuf {

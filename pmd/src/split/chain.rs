@@ -10,7 +10,9 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 
-use super::raw::{indirect_descriptor, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use super::raw::{
+    indirect_descriptor, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+};
 use crate::memory::GuestMemoryMap;
 
 /// Why a chain was refused.
@@ -69,7 +71,10 @@ pub struct Segments {
 impl Segments {
     /// Room for `capacity` segments.
     pub fn with_capacity(capacity: usize) -> Self {
-        Segments { segs: Vec::with_capacity(capacity), total: 0 }
+        Segments {
+            segs: Vec::with_capacity(capacity),
+            total: 0,
+        }
     }
 
     /// Forgets the previous chain.
@@ -108,14 +113,22 @@ pub enum Direction {
 }
 
 /// Appends the host segments of `addr..addr+len`, split at region boundaries.
-fn push_range(mem: &GuestMemoryMap, addr: u64, len: u32, out: &mut Segments) -> Result<(), ChainError> {
+fn push_range(
+    mem: &GuestMemoryMap,
+    addr: u64,
+    len: u32,
+    out: &mut Segments,
+) -> Result<(), ChainError> {
     let mut at = addr;
     let mut left = u64::from(len);
     let outside = ChainError::OutsideMemory { addr, len };
     while left > 0 {
         let (ptr, room) = mem.translate_gpa_prefix(at).ok_or(outside)?;
         let take = left.min(room);
-        out.push(Segment { ptr, len: take as u32 })?;
+        out.push(Segment {
+            ptr,
+            len: take as u32,
+        })?;
         at = at.checked_add(take).ok_or(outside)?;
         left -= take;
     }
@@ -147,7 +160,9 @@ pub fn walk_append(
     out: &mut Segments,
 ) -> Result<(), ChainError> {
     let size = ring.size();
-    let mut desc = ring.descriptor(head).ok_or(ChainError::IndexOutOfRange(head))?;
+    let mut desc = ring
+        .descriptor(head)
+        .ok_or(ChainError::IndexOutOfRange(head))?;
     let mut seen: u32 = 1;
     loop {
         if desc.flags & DESC_F_INDIRECT != 0 {
@@ -167,7 +182,9 @@ pub fn walk_append(
         if seen > u32::from(size) {
             return Err(ChainError::TooLong);
         }
-        desc = ring.descriptor(desc.next).ok_or(ChainError::IndexOutOfRange(desc.next))?;
+        desc = ring
+            .descriptor(desc.next)
+            .ok_or(ChainError::IndexOutOfRange(desc.next))?;
     }
 }
 
@@ -185,7 +202,10 @@ fn walk_indirect(
     let count = len / 16;
     let ptr = mem
         .translate_gpa(table.addr, u64::from(len))
-        .ok_or(ChainError::OutsideMemory { addr: table.addr, len })?;
+        .ok_or(ChainError::OutsideMemory {
+            addr: table.addr,
+            len,
+        })?;
     // SAFETY: `ptr` covers `len = 16 * count` bytes of guest memory, translated through
     // `mem`, which the caller keeps mapped for the duration of the walk.
     let read = |i: u16| unsafe { indirect_descriptor(ptr.as_ptr(), count, i) };
@@ -207,7 +227,12 @@ fn walk_indirect(
     }
 }
 
-fn visit(mem: &GuestMemoryMap, desc: Descriptor, dir: Direction, out: &mut Segments) -> Result<(), ChainError> {
+fn visit(
+    mem: &GuestMemoryMap,
+    desc: Descriptor,
+    dir: Direction,
+    out: &mut Segments,
+) -> Result<(), ChainError> {
     let writable = desc.flags & DESC_F_WRITE != 0;
     if writable != (dir == Direction::Writable) {
         return Err(ChainError::WrongDirection);

@@ -80,45 +80,53 @@ impl RawRing {
 
     /// `avail.idx`, Acquire: pairs with the driver's release after writing ring entries.
     pub fn avail_idx(&self) -> u16 {
-        self.u16_at(self.ring.avail.as_ptr(), 2).load(Ordering::Acquire)
+        self.u16_at(self.ring.avail.as_ptr(), 2)
+            .load(Ordering::Acquire)
     }
 
     /// `avail.flags`.
     pub fn avail_flags(&self) -> u16 {
-        self.u16_at(self.ring.avail.as_ptr(), 0).load(Ordering::Relaxed)
+        self.u16_at(self.ring.avail.as_ptr(), 0)
+            .load(Ordering::Relaxed)
     }
 
     /// `avail.ring[slot % size]`: a descriptor head (not yet validated).
     pub fn avail_entry(&self, idx: u16) -> u16 {
         let slot = usize::from(idx & (self.ring.size - 1));
-        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * slot).load(Ordering::Relaxed)
+        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * slot)
+            .load(Ordering::Relaxed)
     }
 
     /// `used_event` (EVENT_IDX), after the avail ring.
     pub fn used_event(&self) -> u16 {
         let n = usize::from(self.ring.size);
-        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * n).load(Ordering::Acquire)
+        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * n)
+            .load(Ordering::Acquire)
     }
 
     /// `used.idx` as currently in memory.
     pub fn used_idx(&self) -> u16 {
-        self.u16_at(self.ring.used.as_ptr(), 2).load(Ordering::Relaxed)
+        self.u16_at(self.ring.used.as_ptr(), 2)
+            .load(Ordering::Relaxed)
     }
 
     /// Publishes `used.idx`, Release: every used entry written before is visible first.
     pub fn publish_used(&self, idx: u16) {
-        self.u16_at(self.ring.used.as_ptr(), 2).store(idx, Ordering::Release);
+        self.u16_at(self.ring.used.as_ptr(), 2)
+            .store(idx, Ordering::Release);
     }
 
     /// Sets `used.flags`.
     pub fn set_used_flags(&self, flags: u16) {
-        self.u16_at(self.ring.used.as_ptr(), 0).store(flags, Ordering::Relaxed);
+        self.u16_at(self.ring.used.as_ptr(), 0)
+            .store(flags, Ordering::Relaxed);
     }
 
     /// Sets `avail_event` (EVENT_IDX), after the used ring.
     pub fn set_avail_event(&self, idx: u16) {
         let n = usize::from(self.ring.size);
-        self.u16_at(self.ring.used.as_ptr(), 4 + 8 * n).store(idx, Ordering::Release);
+        self.u16_at(self.ring.used.as_ptr(), 4 + 8 * n)
+            .store(idx, Ordering::Release);
     }
 
     /// Writes used entry `idx % size`; it becomes visible with the next `publish_used`.
@@ -144,7 +152,13 @@ impl RawRing {
         // table checked at construction, which is 16-byte aligned. The copy is volatile
         // because the driver may rewrite the table at any time; the copy is what we validate.
         Some(unsafe {
-            std::ptr::read_volatile(self.ring.desc.as_ptr().add(16 * usize::from(index)).cast::<Descriptor>())
+            std::ptr::read_volatile(
+                self.ring
+                    .desc
+                    .as_ptr()
+                    .add(16 * usize::from(index))
+                    .cast::<Descriptor>(),
+            )
         })
     }
 }
@@ -163,7 +177,8 @@ pub unsafe fn indirect_descriptor(table: *const u8, count: u32, index: u16) -> O
     // SAFETY: index < count, so the 16 bytes lie inside the table (caller contract); the
     // table may be unaligned (the spec does not require alignment), hence read_unaligned
     // through a volatile copy of the bytes.
-    let bytes = unsafe { std::ptr::read_volatile(table.add(16 * usize::from(index)).cast::<[u8; 16]>()) };
+    let bytes =
+        unsafe { std::ptr::read_volatile(table.add(16 * usize::from(index)).cast::<[u8; 16]>()) };
     Some(Descriptor {
         addr: u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default()),
         len: u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()),
