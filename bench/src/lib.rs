@@ -12,9 +12,11 @@
 //! - [`frontend`]: one method per request ([`Frontend`]).
 //! - [`vring`]: split ring layout and eventfds ([`Vring`], [`Ring`]).
 //! - [`sequences`]: replays of QEMU 7.2 and DPDK 22.11 handshakes.
+//! - [`driver`]: the guest (virtio-net driver) side of split rings ([`NetDriver`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod driver;
 pub mod error;
 pub mod frontend;
 pub mod memory;
@@ -23,6 +25,7 @@ pub mod sequences;
 pub mod vring;
 pub mod wire;
 
+pub use driver::{DriverQueue, NetDriver};
 pub use error::{DeviceError, Error, Malformed, Result};
 pub use frontend::{Frontend, DEFAULT_REPLY_TIMEOUT};
 pub use memory::{HugePages, SharedMemory};

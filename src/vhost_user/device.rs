@@ -375,6 +375,9 @@ impl NetDevice {
             }
             return Err(Violation::Dependency(missing));
         }
+        if self.acked != Some(value) {
+            tracing::info!(port = %self.cfg.port, features = format_args!("{value:#x}"), "features acked");
+        }
         self.acked = Some(value);
         self.invalid_acked = None;
         self.features_ok_refused = false;

@@ -156,7 +156,13 @@ mod tests {
     #[test]
     fn build_and_verify_round_trip() {
         let mut buf = vec![0u8; 9000];
-        for (size, seq) in [(MIN_LEN, 0u64), (60, 1), (64, 2), (1514, 0xdead_beef), (9000, u64::MAX)] {
+        for (size, seq) in [
+            (MIN_LEN, 0u64),
+            (60, 1),
+            (64, 2),
+            (1514, 0xdead_beef),
+            (9000, u64::MAX),
+        ] {
             let f = &mut buf[..size];
             build(f, BROADCAST, local_mac(7), seq).unwrap();
             assert_eq!(verify(f), Ok(seq), "size {size}");
@@ -203,7 +209,10 @@ mod tests {
             build(&mut short, BROADCAST, BROADCAST, 0),
             Err(FrameError::TooShort { len: MIN_LEN - 1 })
         );
-        assert_eq!(verify(&short), Err(FrameError::TooShort { len: MIN_LEN - 1 }));
+        assert_eq!(
+            verify(&short),
+            Err(FrameError::TooShort { len: MIN_LEN - 1 })
+        );
         let mut f = [0u8; 64];
         build(&mut f, BROADCAST, local_mac(1), 5).unwrap();
         f[13] = 0x00;
@@ -217,7 +226,10 @@ mod tests {
         let m = multicast_mac(0xe000_00fb); // 224.0.0.251
         assert_eq!(m, [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb]);
         assert!(is_multicast(&m) && !is_broadcast(&m));
-        assert_eq!(multicast_mac(0xefff_ffff), [0x01, 0x00, 0x5e, 0x7f, 0xff, 0xff]);
+        assert_eq!(
+            multicast_mac(0xefff_ffff),
+            [0x01, 0x00, 0x5e, 0x7f, 0xff, 0xff]
+        );
         let u = local_mac(0x0102_0304);
         assert_eq!(u, [0x02, 0x00, 1, 2, 3, 4]);
         assert!(!is_multicast(&u));

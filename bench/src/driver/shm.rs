@@ -51,7 +51,8 @@ pub(crate) fn atomics<T: AtomicWord>(
     }
     // In range, so `offset` fits in usize and the pointer stays inside the mapping.
     let ptr = mem.as_ptr().wrapping_add(offset as usize);
-    if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+    // Alignments are powers of two.
+    if (ptr as usize) & (std::mem::align_of::<T>() - 1) != 0 {
         return Err(Error::InvalidArgument(format!(
             "offset {offset:#x} not aligned to {} bytes",
             std::mem::align_of::<T>()

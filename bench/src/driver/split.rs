@@ -326,8 +326,7 @@ impl<'m> DriverQueue<'m> {
     /// on the ring. Interrupt suppression is re-applied.
     pub fn init(&mut self) -> Result<()> {
         let start = self.vring.desc_offset();
-        self.mem
-            .fill(start, self.vring.end_offset() - start, 0)?;
+        self.mem.fill(start, self.vring.end_offset() - start, 0)?;
         let size = self.ring.size;
         for (i, n) in self.next.iter_mut().enumerate() {
             // i + 1 <= 32768 fits a u16; the last link is never followed.
@@ -646,7 +645,9 @@ impl<'m> DriverQueue<'m> {
             self.write_used_event();
         } else {
             let flags = if on { VRING_AVAIL_F_NO_INTERRUPT } else { 0 };
-            self.ring.avail_flags.store(flags.to_le(), Ordering::Relaxed);
+            self.ring
+                .avail_flags
+                .store(flags.to_le(), Ordering::Relaxed);
         }
     }
 
@@ -785,20 +786,21 @@ impl<'m> DriverQueue<'m> {
     /// The ring descriptors of outstanding chain `head`, in chain order (empty if `head` is
     /// not outstanding). From the driver's private links, not from ring memory.
     pub fn chain(&self, head: u16) -> impl Iterator<Item = u16> + '_ {
-        let h = self.heads.get(usize::from(head)).copied().unwrap_or_default();
+        let h = self
+            .heads
+            .get(usize::from(head))
+            .copied()
+            .unwrap_or_default();
         let n = if h.in_flight { h.ndesc } else { 0 };
-        std::iter::successors(Some(head), |&i| {
-            self.next.get(usize::from(i)).copied()
-        })
-        .take(usize::from(n))
+        std::iter::successors(Some(head), |&i| self.next.get(usize::from(i)).copied())
+            .take(usize::from(n))
     }
 
     /// Memory offset of the indirect table of `head` (if an indirect area is set).
     pub fn indirect_table_offset(&self, head: u16) -> Option<u64> {
         let area = self.indirect.as_ref()?;
-        (head < self.ring.size).then(|| {
-            area.offset + u64::from(head) * u64::from(area.max) * Desc::SIZE as u64
-        })
+        (head < self.ring.size)
+            .then(|| area.offset + u64::from(head) * u64::from(area.max) * Desc::SIZE as u64)
     }
 
     fn check_index(&self, i: u16, what: &str) -> Result<()> {
@@ -867,7 +869,9 @@ impl<'m> DriverQueue<'m> {
 
     /// Hostile tests: stores avail.flags = `flags`.
     pub fn raw_set_avail_flags(&self, flags: u16) {
-        self.ring.avail_flags.store(flags.to_le(), Ordering::Relaxed);
+        self.ring
+            .avail_flags
+            .store(flags.to_le(), Ordering::Relaxed);
     }
 
     /// used.flags as the device last wrote it.
