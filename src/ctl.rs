@@ -195,7 +195,7 @@ fn port_state(ports: &[Port]) -> Value {
 
 fn fdb(dataplane: &Dataplane) -> Value {
     let mut entries = dataplane.fdb();
-    entries.sort_by(|a, b| a.0.mac.cmp(&b.0.mac));
+    entries.sort_by_key(|e| e.0.mac);
     let list: Vec<Value> = entries
         .into_iter()
         .map(|(e, name)| json!({ "mac": mac_string(e.mac), "port": name, "static": e.is_static, "age_secs": e.age_secs }))

@@ -388,7 +388,7 @@ fn pmd_loop(shared: &Shared, me: usize) {
             idle += spent;
         }
         iterations = iterations.wrapping_add(1);
-        if iterations % 1024 == 0 || !active {
+        if iterations.is_multiple_of(1024) || !active {
             pmd.busy_cycles.store(busy, Ordering::Relaxed);
             pmd.idle_cycles.store(idle, Ordering::Relaxed);
             now = shared.now_secs();

@@ -284,12 +284,13 @@ fn deliver(
     src_hdr: u64,
     frame_len: u64,
 ) {
+    let port_stats = &ctx.stats[port];
+    let ring_index = 2 * (queue % (port_stats.len() / 2).max(1));
+    let stats = &port_stats[ring_index];
     let Some(snap) = ctx.ports[port].as_ref() else {
-        return;
+        // No front-end on that port.
+        return stats.drop(DropReason::RxRingUnavailable);
     };
-    let queues = snap.rings.len() / 2;
-    let ring_index = 2 * (queue % queues.max(1));
-    let stats = &ctx.stats[port][ring_index];
     let rx = match snap.rings.get(ring_index) {
         Some(Some(rx)) if rx.enabled && rx.shared.broken() == 0 => rx,
         _ => return stats.drop(DropReason::RxRingUnavailable),

@@ -31,7 +31,9 @@ const SLOTS: usize = 4096;
 const PROBE: usize = 16;
 const PRESENT: u64 = 1 << 48;
 const STATIC: u64 = 1 << 47;
-const TIME_MASK: u64 = (1 << 47) - 1;
+/// Set in every written value, so that port 0 learned at second 0 is not 0.
+const VALID: u64 = 1 << 46;
+const TIME_MASK: u64 = VALID - 1;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -152,12 +154,16 @@ impl Switch {
 
     /// Records that `mac` was seen on `port` at `now` (seconds).
     pub fn learn(&self, mac: [u8; 6], port: usize, now: u64) {
-        self.insert(mac, ((port as u64) << 48) | (now & TIME_MASK), false);
+        self.insert(
+            mac,
+            ((port as u64) << 48) | VALID | (now & TIME_MASK),
+            false,
+        );
     }
 
     /// Adds a static entry (never ages, never moved by learning).
     pub fn add_static(&self, mac: [u8; 6], port: usize) {
-        self.insert(mac, ((port as u64) << 48) | STATIC, true);
+        self.insert(mac, ((port as u64) << 48) | VALID | STATIC, true);
     }
 
     fn insert(&self, mac: [u8; 6], value: u64, force: bool) {
@@ -255,6 +261,14 @@ mod tests {
         // Multicast sources are not learned.
         s.decide(2, A, [3, 0, 0, 0, 0, 1], 11);
         assert_eq!(s.lookup([3, 0, 0, 0, 0, 1], 11), None);
+    }
+
+    #[test]
+    fn port_0_learned_at_second_0_is_found() {
+        let s = Switch::new(Mode::Learning, 2, 300);
+        s.learn(A, 0, 0);
+        assert_eq!(s.lookup(A, 0), Some(0));
+        assert_eq!(s.decide(1, A, B, 0), Destination::Port(0));
     }
 
     #[test]

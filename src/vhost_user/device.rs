@@ -462,8 +462,8 @@ impl NetDevice {
         Ok(Reply::Payload(out))
     }
 
-    /// Rebuilds the data-plane snapshot after a change to rings, memory or features, and
-    /// hands it to the data plane.
+    /// Rebuilds the data-plane snapshot after a change to rings, memory or features, hands
+    /// it to the data plane and waits until every PMD has taken it.
     pub(super) fn republish(&mut self) {
         let features = self.acked.unwrap_or(0);
         let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
@@ -497,6 +497,9 @@ impl NetDevice {
         if let Some((dp, port)) = &self.cfg.dataplane {
             dp.publish(*port, self.snapshot.clone());
         }
+        // The front-end's reply comes after this: what it was acked for (a ring enabled,
+        // stopped, re-mapped) must already be what every poller sees.
+        self.quiesce();
     }
 
     /// Waits until no poller holds an older snapshot.

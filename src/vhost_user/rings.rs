@@ -135,9 +135,9 @@ impl NetDevice {
         self.rings[i].started = false;
         self.rings[i].kick = None;
         if was_started {
-            // No poller may touch the ring once the front-end has its index back.
+            // No poller may touch the ring once the front-end has its index back
+            // (republish waits for every PMD).
             self.republish();
-            self.quiesce();
             let ring = &mut self.rings[i];
             if let Some(shared) = ring.shared.take() {
                 ring.base = shared.last_avail();

@@ -2,6 +2,8 @@
 //! `bench` front-end library.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -157,6 +159,15 @@ impl Daemon {
                 Instant::now() < deadline,
                 "log never contained {needle:?}:\n{log}"
             );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.log().matches(needle).count() < n {
+            assert!(Instant::now() < deadline, "log never contained {needle:?} {n} times:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -196,7 +196,7 @@ fn walk_indirect(
     out: &mut Segments,
 ) -> Result<(), ChainError> {
     let len = table.len;
-    if len == 0 || len % 16 != 0 || len / 16 > u32::from(size) {
+    if len == 0 || !len.is_multiple_of(16) || len / 16 > u32::from(size) {
         return Err(ChainError::BadIndirectLength(len));
     }
     let count = len / 16;

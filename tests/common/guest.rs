@@ -1,0 +1,187 @@
+//! A guest on a switch port: shared memory, the `bench` virtio-net driver, and the
+//! vhost-user handshake that attaches them to the daemon.
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bench::driver::frame;
+use bench::driver::net::{NetDriver, NetLayout, NetOptions};
+use bench::frontend::Frontend;
+use bench::memory::{HugePages, SharedMemory};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+
+pub const INDIRECT: u64 = 1 << 28;
+/// What a modern Linux guest acks of what we offer.
+pub const GUEST_FEATURES: u64 = VERSION_1 | BIT30 | MRG_RXBUF | EVENT_IDX | INDIRECT;
+
+/// Guest memory for one port.
+pub fn memory() -> SharedMemory {
+    SharedMemory::new(16 << 20, HugePages::Never).unwrap()
+}
+
+/// One attached guest.
+pub struct Vm<'m> {
+    pub fe: Frontend,
+    pub drv: NetDriver<'m>,
+    pub layout: NetLayout,
+    pub kicks: [EventFd; 2],
+    pub calls: [EventFd; 2],
+    pub mac: [u8; 6],
+}
+
+/// Attaches a guest to port `name` with `features`, RX buffers of `buf_size` bytes,
+/// rings enabled (with bit 30) and RX buffers posted.
+pub fn attach<'m>(
+    d: &Daemon,
+    name: &str,
+    mem: &'m SharedMemory,
+    features: u64,
+    buf_size: u32,
+    mac: [u8; 6],
+) -> Vm<'m> {
+    attach_with(
+        d,
+        name,
+        mem,
+        NetOptions {
+            features,
+            ..NetOptions::default()
+        },
+        buf_size,
+        mac,
+        true,
+    )
+}
+
+pub fn attach_with<'m>(
+    d: &Daemon,
+    name: &str,
+    mem: &'m SharedMemory,
+    opts: NetOptions,
+    buf_size: u32,
+    mac: [u8; 6],
+    enable: bool,
+) -> Vm<'m> {
+    let layout = NetLayout::new(mem, 0, QUEUE_SIZE, buf_size).unwrap();
+    let features = opts.features;
+    let mut drv = NetDriver::new(mem, &layout, opts).unwrap();
+    let mut fe = d.connect(name);
+    negotiate(&mut fe, REPLY_ACK | MQ | STATUS, features);
+    fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();
+    fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();
+    let kicks = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
+    let calls = [
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    ];
+    for (i, ring) in [layout.rx, layout.tx].iter().enumerate() {
+        fe.setup_vring(
+            i as u32,
+            ring,
+            0,
+            0,
+            Some(kicks[i].as_raw_fd()),
+            Some(calls[i].as_raw_fd()),
+            true,
+        )
+        .unwrap();
+    }
+    if enable && features & BIT30 != 0 {
+        fe.set_vring_enable(0, true, true).unwrap();
+        fe.set_vring_enable(1, true, true).unwrap();
+    }
+    drv.fill_rx().unwrap();
+    Vm {
+        fe,
+        drv,
+        layout,
+        kicks,
+        calls,
+        mac,
+    }
+}
+
+/// A test frame of `len` bytes from `src` to `dst` carrying `seq`.
+pub fn make_frame(len: usize, dst: [u8; 6], src: [u8; 6], seq: u64) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    frame::build(&mut f, dst, src, seq).unwrap();
+    f
+}
+
+impl Vm<'_> {
+    /// Sends every frame (retrying while the TX ring is full), reclaiming as it goes.
+    pub fn send_all(&mut self, frames: &[Vec<u8>]) {
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut sent = 0;
+        let deadline = Instant::now() + TIMEOUT;
+        while sent < refs.len() {
+            sent += self.drv.send(&refs[sent..]);
+            self.drv.reclaim_tx().unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "could only send {sent} of {} frames",
+                refs.len()
+            );
+            if sent < refs.len() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Receives until `n` frames arrived or `wait` passed; returns what arrived.
+    pub fn recv_n(&mut self, n: usize, wait: Duration) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        while got.len() < n && Instant::now() < deadline {
+            if self.drv.recv_into(&mut got).unwrap() == 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let _ = self.drv.fill_rx();
+        }
+        got
+    }
+
+    /// Waits until the switch has taken every frame this guest sent.
+    pub fn wait_tx_done(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.drv.tx_queue().in_flight() > 0 {
+            self.drv.reclaim_tx().unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "the switch never consumed {} TX chains",
+                self.drv.tx_queue().in_flight()
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
+/// Per-port counters from `ctl stats`.
+pub fn port_stats(d: &Daemon, name: &str) -> serde_json::Value {
+    let stats = d.ctl("stats");
+    stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// A drop counter of a port's ring.
+pub fn drops(d: &Daemon, port: &str, ring: usize, reason: &str) -> u64 {
+    port_stats(d, port)["rings"][ring]["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Every port conserves: taken = forwarded + dropped.
+pub fn assert_conservation(d: &Daemon) {
+    for p in d.ctl("stats")["ports"].as_array().unwrap() {
+        let g = |k: &str| p[k].as_u64().unwrap();
+        assert_eq!(g("rx_packets"), g("rx_forwarded") + g("rx_dropped"), "{p}");
+    }
+}

@@ -1,0 +1,549 @@
+//! The data plane end to end: the real daemon forwards frames between `bench` driver
+//! guests over real vhost-user sockets (DESIGN §5, §6).
+
+mod common;
+
+use std::time::Duration;
+
+use bench::driver::frame::{self, local_mac, BROADCAST};
+use bench::driver::net::{NetOptions, TxLayout};
+use bench::driver::split::{Desc, Seg, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
+use common::guest::*;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn frames(n: usize, len: usize, dst: [u8; 6], src: [u8; 6], first_seq: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| make_frame(len, dst, src, first_seq + i as u64))
+        .collect()
+}
+
+/// Sends `n` frames of `len` bytes from `a` to `b` and checks each arrives intact, in order.
+/// Frames go in chunks no larger than `b`'s posted RX buffers, each chunk drained before
+/// the next, so a slow receiver cannot turn into drops.
+fn exchange(a: &mut Vm<'_>, b: &mut Vm<'_>, n: usize, len: usize, first_seq: u64) {
+    const CHUNK: usize = 64;
+    let sent = frames(n, len, b.mac, a.mac, first_seq);
+    let mut got = Vec::with_capacity(n);
+    for chunk in sent.chunks(CHUNK) {
+        a.send_all(chunk);
+        a.wait_tx_done();
+        got.extend(b.recv_n(chunk.len(), WAIT));
+    }
+    assert_eq!(
+        got.len(),
+        n,
+        "{} of {n} frames of {len} bytes arrived",
+        got.len()
+    );
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f.len(), len);
+        assert_eq!(
+            frame::verify(f).unwrap(),
+            first_seq + i as u64,
+            "frame {i} corrupted or reordered"
+        );
+        assert_eq!(f, &sent[i]);
+    }
+}
+
+#[test]
+fn frames_of_64_and_1500_bytes_cross_intact_both_ways() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    for len in [64, 1500] {
+        exchange(&mut a, &mut b, 1000, len, 0);
+        exchange(&mut b, &mut a, 1000, len, 5000);
+    }
+    a.wait_tx_done();
+    b.wait_tx_done();
+    assert_conservation(&d);
+    let p1 = port_stats(&d, "p1");
+    assert_eq!(p1["tx_packets"], 2000);
+    assert_eq!(p1["tx_bytes"], 1000 * 64 + 1000 * 1500);
+}
+
+#[test]
+fn jumbo_frames_span_several_rx_buffers_with_mrg_rxbuf() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 9216, local_mac(1));
+    // 9000 + 12 bytes into 2 KiB buffers: 5 buffers per frame.
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    exchange(&mut a, &mut b, 40, 9000, 0);
+    assert_conservation(&d);
+}
+
+#[test]
+fn jumbo_frames_without_mrg_rxbuf_are_dropped_as_too_big() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 9216, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, VERSION_1 | BIT30, 2048, local_mac(2));
+    a.send_all(&frames(5, 9000, b.mac, a.mac, 0));
+    a.wait_tx_done();
+    assert!(b.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(drops(&d, "p1", 0, "too_big"), 5);
+    // Frames that fit still pass.
+    exchange(&mut a, &mut b, 10, 1500, 100);
+    assert_conservation(&d);
+}
+
+#[test]
+fn both_net_header_sizes_interwork() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    // p0: legacy driver, 10-byte header (no VERSION_1, no MRG_RXBUF).
+    let mut a = attach(&d, "p0", &m0, BIT30 | EVENT_IDX, 2048, local_mac(1));
+    // p1: 12-byte header.
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    assert_eq!(a.drv.hdr_len(), 10);
+    assert_eq!(b.drv.hdr_len(), 12);
+    exchange(&mut a, &mut b, 200, 64, 0);
+    exchange(&mut b, &mut a, 200, 1500, 1000);
+}
+
+#[test]
+fn tx_layouts_header_separate_and_indirect() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    for (i, layout) in [TxLayout::HeaderSeparate, TxLayout::Indirect]
+        .into_iter()
+        .enumerate()
+    {
+        let opts = NetOptions {
+            features: GUEST_FEATURES,
+            tx_layout: layout,
+            ..NetOptions::default()
+        };
+        let mut a = attach_with(&d, "p0", &m0, opts, 2048, local_mac(1), true);
+        let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+        exchange(&mut a, &mut b, 300, 1000, (i * 1000) as u64);
+        drop(a);
+        drop(b);
+        d.wait_log_count("front-end disconnected port=p1", i + 1);
+        d.wait_log_count("front-end disconnected port=p0", i + 1);
+    }
+}
+
+#[test]
+fn learning_bridge_floods_unknown_then_unicasts_and_fdb_shows_both() {
+    let d = Daemon::start(&["p0", "p1", "p2"], &[]);
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
+    // Unknown destination: flooded to p1 and p2, never back to p0.
+    a.send_all(&frames(1, 64, b.mac, a.mac, 1));
+    assert_eq!(b.recv_n(1, WAIT).len(), 1);
+    assert_eq!(
+        c.recv_n(1, WAIT).len(),
+        1,
+        "flood missed p2: {}",
+        d.ctl("stats")
+    );
+    assert!(
+        a.recv_n(1, Duration::from_millis(200)).is_empty(),
+        "hairpin"
+    );
+    // b answers a: a was learned on p0, so only p0 gets it.
+    b.send_all(&frames(1, 64, a.mac, b.mac, 2));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    let leaked = c.recv_n(1, Duration::from_millis(200));
+    assert!(
+        leaked.is_empty(),
+        "unicast leaked to p2: {:?} / fdb {}",
+        leaked
+            .iter()
+            .map(|f| (&f[..12], frame::verify(f)))
+            .collect::<Vec<_>>(),
+        d.ctl("fdb")
+    );
+    // Now a to b is unicast too.
+    a.send_all(&frames(5, 64, b.mac, a.mac, 3));
+    assert_eq!(b.recv_n(5, WAIT).len(), 5);
+    assert!(
+        c.recv_n(1, Duration::from_millis(200)).is_empty(),
+        "unicast leaked to p2"
+    );
+    // Broadcast floods to everyone else.
+    c.send_all(&frames(1, 64, BROADCAST, c.mac, 9));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert_eq!(b.recv_n(1, WAIT).len(), 1);
+    let fdb = d.ctl("fdb");
+    let entries = fdb["entries"].as_array().unwrap();
+    let port_of = |mac: [u8; 6]| {
+        let m = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        entries
+            .iter()
+            .find(|e| e["mac"] == m.as_str())
+            .map(|e| e["port"].as_str().unwrap().to_string())
+    };
+    assert_eq!(port_of(a.mac).as_deref(), Some("p0"));
+    assert_eq!(port_of(b.mac).as_deref(), Some("p1"));
+    assert_eq!(port_of(c.mac).as_deref(), Some("p2"));
+    assert_conservation(&d);
+}
+
+#[test]
+fn fdb_entries_age_out_and_disconnect_forgets_the_port() {
+    let d = Daemon::start(&["p0", "p1"], &["--fdb-aging", "1"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    a.send_all(&frames(1, 64, b.mac, a.mac, 0));
+    assert_eq!(b.recv_n(1, WAIT).len(), 1);
+    assert_eq!(d.ctl("fdb")["entries"].as_array().unwrap().len(), 1);
+    // Not seen for longer than the ageing time: gone (the sweep runs every second).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !d.ctl("fdb")["entries"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "entry never aged out");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.send_all(&frames(1, 64, a.mac, b.mac, 1));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert_eq!(d.ctl("fdb")["entries"].as_array().unwrap().len(), 1);
+    drop(b);
+    d.wait_log("front-end disconnected port=p1");
+    assert!(
+        d.ctl("fdb")["entries"].as_array().unwrap().is_empty(),
+        "p1's MAC outlived its front-end"
+    );
+}
+
+#[test]
+fn xconnect_pairs_ports_in_order() {
+    let d = Daemon::start(&["p0", "p1", "p2", "p3"], &["--mode", "xconnect"]);
+    let mems: Vec<_> = (0..4).map(|_| memory()).collect();
+    let mut g: Vec<_> = (0..4)
+        .map(|i| {
+            attach(
+                &d,
+                &format!("p{i}"),
+                &mems[i],
+                GUEST_FEATURES,
+                2048,
+                local_mac(i as u32 + 1),
+            )
+        })
+        .collect();
+    // Whatever the MACs say, p0 goes to p1 and p2 to p3.
+    g[0].send_all(&frames(10, 64, BROADCAST, local_mac(1), 0));
+    g[2].send_all(&frames(10, 64, local_mac(1), local_mac(3), 0));
+    assert_eq!(g[1].recv_n(10, WAIT).len(), 10);
+    assert_eq!(g[3].recv_n(10, WAIT).len(), 10);
+    assert!(g[0].recv_n(1, Duration::from_millis(200)).is_empty());
+    assert!(g[2].recv_n(1, Duration::from_millis(200)).is_empty());
+    let stats = d.ctl("stats");
+    let queues: Vec<String> = stats["pmds"][0]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(queues, ["p0/ring1", "p1/ring1", "p2/ring1", "p3/ring1"]);
+}
+
+#[test]
+fn disabled_rings_drop_tx_and_get_no_rx_until_enabled() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let opts = NetOptions {
+        features: GUEST_FEATURES,
+        ..NetOptions::default()
+    };
+    // Bit 30 acked and no SET_VRING_ENABLE: both rings of p0 start disabled.
+    let mut a = attach_with(&d, "p0", &m0, opts, 2048, local_mac(1), false);
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    // A disabled TX ring is consumed and its packets dropped (vhost-user "Ring states").
+    a.send_all(&frames(4, 64, b.mac, a.mac, 0));
+    a.wait_tx_done();
+    assert!(b.recv_n(1, Duration::from_millis(200)).is_empty());
+    assert_eq!(drops(&d, "p0", 1, "ring_disabled"), 4);
+    // A disabled RX ring gets nothing.
+    b.send_all(&frames(3, 64, a.mac, b.mac, 0));
+    b.wait_tx_done();
+    assert!(a.recv_n(1, Duration::from_millis(200)).is_empty());
+    assert_eq!(drops(&d, "p0", 0, "rx_ring_unavailable"), 3);
+    a.fe.set_vring_enable(0, true, true).unwrap();
+    a.fe.set_vring_enable(1, true, true).unwrap();
+    exchange(&mut a, &mut b, 10, 64, 100);
+    exchange(&mut b, &mut a, 10, 64, 200);
+    assert_conservation(&d);
+}
+
+#[test]
+fn get_vring_base_then_reconnect_resumes_at_the_right_index() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    exchange(&mut a, &mut b, 300, 64, 0);
+    a.wait_tx_done();
+    // Stop p0's rings as QEMU does at stop: the TX base is where the switch stopped.
+    let tx_base = a.fe.get_vring_base(1).unwrap();
+    let rx_base = a.fe.get_vring_base(0).unwrap();
+    assert_eq!(tx_base, 300);
+    assert_eq!(u32::from(a.drv.tx_queue().next_avail()), tx_base);
+    // Reconnect with the same guest memory and rings (QEMU reconnect=1): rings start at
+    // the bases, and the driver's state carries on.
+    a.fe.conn().shutdown_write().unwrap();
+    d.wait_log("front-end disconnected port=p0");
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK | MQ | STATUS, GUEST_FEATURES);
+    fe.set_mem_table(&[(m0.region(), m0.fd())], true).unwrap();
+    use std::os::fd::AsRawFd;
+    fe.setup_vring(
+        0,
+        &a.layout.rx,
+        rx_base,
+        0,
+        Some(a.kicks[0].as_raw_fd()),
+        Some(a.calls[0].as_raw_fd()),
+        true,
+    )
+    .unwrap();
+    fe.setup_vring(
+        1,
+        &a.layout.tx,
+        tx_base,
+        0,
+        Some(a.kicks[1].as_raw_fd()),
+        Some(a.calls[1].as_raw_fd()),
+        true,
+    )
+    .unwrap();
+    fe.set_vring_enable(0, true, true).unwrap();
+    fe.set_vring_enable(1, true, true).unwrap();
+    d.wait_log(&format!(
+        "ring started port=p0 ring=1 size=256 base={tx_base}"
+    ));
+    a.fe = fe;
+    exchange(&mut a, &mut b, 300, 64, 1000);
+    exchange(&mut b, &mut a, 300, 64, 2000);
+}
+
+#[test]
+fn set_mem_table_during_traffic_loses_nothing() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut seq = 0;
+    for round in 0..20 {
+        let batch = frames(100, 128, b.mac, a.mac, seq);
+        a.send_all(&batch);
+        // DPDK's memory growth: the table is re-sent while rings run.
+        if round % 2 == 0 {
+            a.fe.set_mem_table(&[(m0.region(), m0.fd())], true).unwrap();
+            b.fe.set_mem_table(&[(m1.region(), m1.fd())], true).unwrap();
+        }
+        let got = b.recv_n(100, WAIT);
+        assert_eq!(got.len(), 100, "round {round}");
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(frame::verify(f).unwrap(), seq + i as u64);
+        }
+        seq += 100;
+    }
+    assert_conservation(&d);
+    assert!(d.rejections().is_empty(), "{:?}", d.rejections());
+}
+
+#[test]
+fn guest_is_interrupted_only_when_it_asks_and_never_asked_to_kick() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    // Without EVENT_IDX: flags.
+    let mut a = attach(
+        &d,
+        "p0",
+        &m0,
+        VERSION_1 | BIT30 | MRG_RXBUF,
+        2048,
+        local_mac(1),
+    );
+    let mut b = attach(
+        &d,
+        "p1",
+        &m1,
+        VERSION_1 | BIT30 | MRG_RXBUF,
+        2048,
+        local_mac(2),
+    );
+    // The switch polls: it asks the driver not to kick.
+    assert_eq!(
+        a.drv.tx_queue().used_flags() & 1,
+        1,
+        "VRING_USED_F_NO_NOTIFY not set"
+    );
+    b.drv.rx_queue_mut().set_no_interrupt(true);
+    exchange(&mut a, &mut b, 50, 64, 0);
+    assert!(
+        b.calls[0].read().is_err(),
+        "interrupted a guest that set NO_INTERRUPT"
+    );
+    b.drv.rx_queue_mut().set_no_interrupt(false);
+    exchange(&mut a, &mut b, 50, 64, 100);
+    let n = b.calls[0]
+        .read()
+        .expect("no interrupt though the guest asked");
+    assert!((1..=50).contains(&n), "{n} interrupts for 50 frames");
+}
+
+/// Hostile guests on the p2<->p3 pair; p0<->p1 must keep forwarding and the daemon live.
+fn hostile(damage: impl FnOnce(&mut Vm<'_>), expect_drop: Option<&str>) {
+    let mut d = Daemon::start(&["p0", "p1", "p2", "p3"], &["--mode", "xconnect"]);
+    let mems: Vec<_> = (0..4).map(|_| memory()).collect();
+    let mut g: Vec<_> = (0..4)
+        .map(|i| {
+            attach(
+                &d,
+                &format!("p{i}"),
+                &mems[i],
+                GUEST_FEATURES,
+                2048,
+                local_mac(i as u32 + 1),
+            )
+        })
+        .collect();
+    let [a, b, bad, _] = g.as_mut_slice() else {
+        unreachable!("four guests")
+    };
+    exchange(a, b, 50, 64, 0);
+    damage(bad);
+    // The good pair keeps forwarding while the bad ring is refused.
+    for round in 0..5 {
+        exchange(a, b, 50, 256, 100 * (round + 1));
+    }
+    assert!(d.alive());
+    if let Some(reason) = expect_drop {
+        let deadline = std::time::Instant::now() + WAIT;
+        while drops(&d, "p2", 1, reason) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {reason} drop on p2: {}",
+                port_stats(&d, "p2")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_conservation(&d);
+    // The daemon still answers on every port.
+    assert_ne!(d.connect("p2").get_features().unwrap_or(0), u64::MAX);
+}
+
+/// Queues one frame, then rewrites its descriptors with `f(head, chain)` before publishing.
+fn corrupt_tx(guest: &mut Vm<'_>, f: impl FnOnce(&mut bench::driver::split::DriverQueue<'_>, u16)) {
+    let frame = make_frame(64, local_mac(4), guest.mac, 0);
+    let q = guest.drv.tx_queue_mut();
+    let gpa = guest.layout.pool_offset;
+    let head = q
+        .add_chain(&[Seg::readable(gpa, 12 + frame.len() as u32)])
+        .unwrap();
+    f(q, head);
+    q.publish();
+}
+
+#[test]
+fn hostile_descriptor_loop() {
+    hostile(
+        |g| {
+            corrupt_tx(g, |q, head| {
+                let mut d = q.raw_read_desc(head).unwrap();
+                d.flags |= VIRTQ_DESC_F_NEXT;
+                d.next = head;
+                q.raw_write_desc(head, d).unwrap();
+            })
+        },
+        Some("bad_descriptor"),
+    );
+}
+
+#[test]
+fn hostile_address_outside_memory() {
+    hostile(
+        |g| {
+            corrupt_tx(g, |q, head| {
+                let mut d = q.raw_read_desc(head).unwrap();
+                d.addr = 1 << 40;
+                q.raw_write_desc(head, d).unwrap();
+            })
+        },
+        Some("bad_descriptor"),
+    );
+}
+
+#[test]
+fn hostile_length_0xffffffff() {
+    hostile(
+        |g| {
+            corrupt_tx(g, |q, head| {
+                let mut d = q.raw_read_desc(head).unwrap();
+                d.len = u32::MAX;
+                q.raw_write_desc(head, d).unwrap();
+            })
+        },
+        Some("bad_descriptor"),
+    );
+}
+
+#[test]
+fn hostile_chain_longer_than_the_ring() {
+    hostile(
+        |g| {
+            corrupt_tx(g, |q, head| {
+                // Every descriptor points to the next, around the whole table and beyond.
+                let size = q.queue_size();
+                for i in 0..size {
+                    let d = Desc {
+                        addr: 0x10000,
+                        len: 16,
+                        flags: VIRTQ_DESC_F_NEXT,
+                        next: (i + 1) % size,
+                    };
+                    q.raw_write_desc(i, d).unwrap();
+                }
+                let _ = head;
+            })
+        },
+        Some("bad_descriptor"),
+    );
+}
+
+#[test]
+fn hostile_bogus_indirect_table() {
+    hostile(
+        |g| {
+            corrupt_tx(g, |q, head| {
+                // Length not a multiple of 16.
+                let d = Desc {
+                    addr: 0x10000,
+                    len: 17,
+                    flags: VIRTQ_DESC_F_INDIRECT,
+                    next: 0,
+                };
+                q.raw_write_desc(head, d).unwrap();
+            })
+        },
+        Some("bad_descriptor"),
+    );
+}
+
+#[test]
+fn hostile_avail_index_jump() {
+    hostile(
+        |g| {
+            let q = g.drv.tx_queue_mut();
+            let jump = q.next_avail().wrapping_add(q.queue_size() + 7);
+            q.raw_set_avail_idx(jump);
+        },
+        None,
+    );
+}
