@@ -110,10 +110,15 @@ fn copy_segments(
 
 /// Reads `out.len()` bytes starting `off` bytes into the segments.
 fn read_bytes<const N: usize>(segs: &[Segment], off: u64, out: &mut [u8; N]) {
-    let tmp = [Segment {
-        ptr: std::ptr::NonNull::from(out).cast(),
-        len: N as u32,
-    }];
+    if let Some(first) = segs.first() {
+        if off + N as u64 <= u64::from(first.len) {
+            // SAFETY: the first segment is mapped guest memory of `first.len` bytes (chain
+            // walk) kept mapped by the caller's snapshot, and off + N <= first.len.
+            *out = unsafe { std::ptr::read_unaligned(first.ptr.as_ptr().add(off as usize).cast::<[u8; N]>()) };
+            return;
+        }
+    }
+    let tmp = [Segment { ptr: std::ptr::NonNull::from(out).cast(), len: N as u32 }];
     copy_segments(segs, off, &tmp, 0, N as u64);
 }
 
@@ -399,12 +404,25 @@ fn fill_rx(
     let mut header = [0u8; 12];
     let nbufs = scratch.chains.len() as u16;
     header[10..12].copy_from_slice(&nbufs.to_le_bytes());
-    let header_src = [Segment {
-        ptr: std::ptr::NonNull::from(&mut header).cast(),
-        len: 12,
-    }];
     let dst = scratch.dst.as_slice();
-    copy_segments(&header_src, 0, dst, 0, hdr);
+    match dst.first() {
+        Some(first) if u64::from(first.len) >= hdr => {
+            // SAFETY: the first RX segment is mapped guest memory of at least `hdr` bytes
+            // (checked just above), kept mapped by the caller's snapshot; hdr is 10 or 12.
+            unsafe {
+                let p = first.ptr.as_ptr();
+                if hdr == 12 {
+                    std::ptr::write_unaligned(p.cast::<[u8; 12]>(), header);
+                } else {
+                    std::ptr::write_unaligned(p.cast::<[u8; 10]>(), [0u8; 10]);
+                }
+            }
+        }
+        _ => {
+            let header_src = [Segment { ptr: std::ptr::NonNull::from(&mut header).cast(), len: 12 }];
+            copy_segments(&header_src, 0, dst, 0, hdr);
+        }
+    }
     copy_segments(scratch.src.as_slice(), src_hdr, dst, hdr, frame_len);
     let mut left = need;
     for &(head, _, chain_len) in &scratch.chains {
