@@ -114,11 +114,16 @@ fn read_bytes<const N: usize>(segs: &[Segment], off: u64, out: &mut [u8; N]) {
         if off + N as u64 <= u64::from(first.len) {
             // SAFETY: the first segment is mapped guest memory of `first.len` bytes (chain
             // walk) kept mapped by the caller's snapshot, and off + N <= first.len.
-            *out = unsafe { std::ptr::read_unaligned(first.ptr.as_ptr().add(off as usize).cast::<[u8; N]>()) };
+            *out = unsafe {
+                std::ptr::read_unaligned(first.ptr.as_ptr().add(off as usize).cast::<[u8; N]>())
+            };
             return;
         }
     }
-    let tmp = [Segment { ptr: std::ptr::NonNull::from(out).cast(), len: N as u32 }];
+    let tmp = [Segment {
+        ptr: std::ptr::NonNull::from(out).cast(),
+        len: N as u32,
+    }];
     copy_segments(segs, off, &tmp, 0, N as u64);
 }
 
@@ -154,7 +159,12 @@ fn flush_used(ring: &RingRuntime, cur: &mut Cursor) {
 
 /// Takes up to one burst from guest TX ring `ring` of port `src_port` and forwards it.
 /// Returns the number of chains taken.
-pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &RingRuntime) -> u32 {
+pub fn poll_tx<'a>(
+    scratch: &mut Scratch,
+    ctx: &Context<'a>,
+    src_port: usize,
+    tx: &RingRuntime,
+) -> u32 {
     let Some(mut guard) = tx.shared.try_lock() else {
         return 0;
     };
@@ -188,6 +198,7 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
     let mut taken = 0u32;
     let (mut bytes, mut forwarded) = (0u64, 0u64);
     scratch.touched.clear();
+    let mut held: Option<Held<'a>> = None;
     for _ in 0..pending.min(BURST) {
         let head = raw.avail_entry(cur.last_avail);
         if head >= size {
@@ -239,13 +250,13 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
                         Destination::Port(p) => {
                             forwarded += 1;
                             bytes += frame_len;
-                            deliver(scratch, ctx, p, queue, hdr, frame_len);
+                            deliver(scratch, ctx, &mut held, p, queue, hdr, frame_len);
                         }
                         Destination::Flood => {
                             forwarded += 1;
                             bytes += frame_len;
                             for p in (0..ctx.ports.len()).filter(|&p| p != src_port) {
-                                deliver(scratch, ctx, p, queue, hdr, frame_len);
+                                deliver(scratch, ctx, &mut held, p, queue, hdr, frame_len);
                             }
                         }
                     }
@@ -266,6 +277,9 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
     flush_used(tx, cur);
     guard.publish_last_avail();
     drop(guard);
+    if let Some(mut h) = held.take() {
+        flush_used(h.rx, h.guard.cursor());
+    }
     flush_touched(scratch, ctx);
     taken
 }
@@ -280,10 +294,20 @@ fn flush_touched(scratch: &mut Scratch, ctx: &Context<'_>) {
     }
 }
 
+/// A destination RX ring whose busy flag this burst holds: consecutive frames to the same
+/// guest take it once, not once per frame.
+struct Held<'a> {
+    port: usize,
+    ring: usize,
+    rx: &'a RingRuntime,
+    guard: RingGuard<'a>,
+}
+
 /// Offers the frame in `scratch.src` (after `src_hdr` header bytes) to port `port`.
-fn deliver(
+fn deliver<'a>(
     scratch: &mut Scratch,
-    ctx: &Context<'_>,
+    ctx: &Context<'a>,
+    held: &mut Option<Held<'a>>,
     port: usize,
     queue: usize,
     src_hdr: u64,
@@ -292,28 +316,45 @@ fn deliver(
     let port_stats = &ctx.stats[port];
     let ring_index = 2 * (queue % (port_stats.len() / 2).max(1));
     let stats = &port_stats[ring_index];
-    let Some(snap) = ctx.ports[port].as_ref() else {
-        // No front-end on that port.
-        return stats.drop(DropReason::RxRingUnavailable);
-    };
-    let rx = match snap.rings.get(ring_index) {
-        Some(Some(rx)) if rx.enabled && rx.shared.broken() == 0 => rx,
-        _ => return stats.drop(DropReason::RxRingUnavailable),
-    };
-    let mut guard = rx.shared.lock();
-    match fill_rx(scratch, rx, &mut guard, port, src_hdr, frame_len) {
+    let same = matches!(held, Some(h) if h.port == port && h.ring == ring_index);
+    if !same {
+        let Some(snap) = ctx.ports[port].as_ref() else {
+            // No front-end on that port.
+            return stats.drop(DropReason::RxRingUnavailable);
+        };
+        let rx = match snap.rings.get(ring_index) {
+            Some(Some(rx)) if rx.enabled && rx.shared.broken() == 0 => rx,
+            _ => return stats.drop(DropReason::RxRingUnavailable),
+        };
+        // Release the previous ring before taking the next: a PMD holds one at a time,
+        // so two PMDs can never wait on each other.
+        *held = None;
+        *held = Some(Held {
+            port,
+            ring: ring_index,
+            rx,
+            guard: rx.shared.lock(),
+        });
+    }
+    let Some(h) = held.as_mut() else { return };
+    match fill_rx(scratch, h.rx, &mut h.guard, port, src_hdr, frame_len) {
         Ok(()) => {
             stats.packets.add(1);
             stats.bytes.add(frame_len);
-            if !scratch.touched.contains(&(port, ring_index))
-                && scratch.touched.len() < scratch.touched.capacity()
-            {
-                scratch.touched.push((port, ring_index));
-            } else if !scratch.touched.contains(&(port, ring_index)) {
-                flush_used(rx, guard.cursor());
+            if !scratch.touched.contains(&(port, ring_index)) {
+                if scratch.touched.len() < scratch.touched.capacity() {
+                    scratch.touched.push((port, ring_index));
+                } else {
+                    flush_used(h.rx, h.guard.cursor());
+                }
             }
         }
-        Err(reason) => stats.drop(reason),
+        Err(reason) => {
+            stats.drop(reason);
+            if h.rx.shared.broken() != 0 {
+                *held = None;
+            }
+        }
     }
 }
 
@@ -419,7 +460,10 @@ fn fill_rx(
             }
         }
         _ => {
-            let header_src = [Segment { ptr: std::ptr::NonNull::from(&mut header).cast(), len: 12 }];
+            let header_src = [Segment {
+                ptr: std::ptr::NonNull::from(&mut header).cast(),
+                len: 12,
+            }];
             copy_segments(&header_src, 0, dst, 0, hdr);
         }
     }

@@ -167,7 +167,11 @@ impl Daemon {
     pub fn wait_log_count(&self, needle: &str, n: usize) {
         let deadline = Instant::now() + TIMEOUT;
         while self.log().matches(needle).count() < n {
-            assert!(Instant::now() < deadline, "log never contained {needle:?} {n} times:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?} {n} times:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
