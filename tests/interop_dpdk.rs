@@ -212,21 +212,29 @@ fn parse_accumulated(out: &str) -> TestpmdTotals {
 /// testpmd's stdout is a file, hence fully buffered: readiness is read from the switch's
 /// log (both ports' rings enabled), and the output is parsed once testpmd has exited.
 fn testpmd_loop(d: &Daemon, vdev_extra: &str, seconds: u64) -> String {
+    testpmd_loop_with(d, NO_HUGE, vdev_extra, seconds, "tp-loop")
+}
+
+/// EAL memory options: 4 KiB pages, one preallocated region.
+const NO_HUGE: &[&str] = &["--no-huge", "-m", "1024"];
+/// EAL memory options: hugepages in one file that grows (SET_MEM_TABLE re-sent at run time).
+const HUGE_GROWING: &[&str] = &["--in-memory", "--single-file-segments"];
+
+fn testpmd_loop_with(
+    d: &Daemon,
+    eal_mem: &[&str],
+    vdev_extra: &str,
+    seconds: u64,
+    tag: &str,
+) -> String {
     use std::io::Write as _;
-    let out_path = d.dir.join("tp-loop.out");
+    let out_path = d.dir.join(format!("{tag}.out"));
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new("dpdk-testpmd")
-        .args([
-            "--lcores",
-            "0@0,1@0",
-            "--no-pci",
-            "--no-huge",
-            "-m",
-            "1024",
-            "--no-shconf",
-            "--file-prefix",
-        ])
-        .arg(format!("tp-loop-{}", std::process::id()))
+        .args(["--lcores", "0@0,1@0", "--no-pci"])
+        .args(eal_mem)
+        .args(["--no-shconf", "--file-prefix"])
+        .arg(format!("{tag}-{}", std::process::id()))
         .arg("--vdev")
         .arg(format!(
             "net_virtio_user0,path={},queues=1{vdev_extra}",
@@ -368,5 +376,124 @@ fn dpdk_packed_ring_request_falls_back_to_split() {
         assert_eq!(f & (1 << 34), 0, "RING_PACKED negotiated: {f:#x}");
         assert_ne!(f & (1 << 32), 0, "VERSION_1 missing: {f:#x}");
     }
+    assert_no_rejection(&d);
+}
+
+fn hugepages_available() -> bool {
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("HugePages_Free:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if free < 256 {
+        if std::env::var_os("VHOST_SWITCH_REQUIRE_HUGEPAGES").is_some() {
+            panic!("hugepages required (VHOST_SWITCH_REQUIRE_HUGEPAGES) but only {free} free");
+        }
+        eprintln!("SKIPPED: only {free} free hugepages (scripts/setup-hugepages.sh)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn dpdk_hugepage_memory_growing_under_traffic() {
+    let _serial = serial();
+    if !testpmd_available() || !hugepages_available() {
+        return;
+    }
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let out = testpmd_loop_with(&d, HUGE_GROWING, "", 3, "tp-huge");
+    check_conservation(&d, &parse_accumulated(&out));
+    let log = d.log();
+    let maps = log
+        .lines()
+        .filter(|l| l.contains("memory table mapped port=p0") && l.contains("hugetlb=1"))
+        .count();
+    assert!(maps >= 1, "no hugetlbfs memory table on p0:\n{log}");
+    eprintln!("p0 memory tables mapped: {maps}");
+    assert_no_rejection(&d);
+}
+
+#[test]
+fn dpdk_restarted_mid_traffic_reconnects_and_forwards() {
+    use std::io::Write as _;
+    let _serial = serial();
+    if !testpmd_available() {
+        return;
+    }
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    // First testpmd: traffic running, then killed without warning.
+    let out_path = d.dir.join("tp-killed.out");
+    let mut first = Command::new("dpdk-testpmd")
+        .args([
+            "--lcores",
+            "0@0,1@0",
+            "--no-pci",
+            "--no-huge",
+            "-m",
+            "1024",
+            "--no-shconf",
+            "--file-prefix",
+        ])
+        .arg(format!("tp-killed-{}", std::process::id()))
+        .arg("--vdev")
+        .arg(format!(
+            "net_virtio_user0,path={},queues=1",
+            d.sock("p0").display()
+        ))
+        .arg("--vdev")
+        .arg(format!(
+            "net_virtio_user1,path={},queues=1",
+            d.sock("p1").display()
+        ))
+        .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "4096"])
+        .current_dir(&d.dir)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_rings(&d, "p0");
+    wait_rings(&d, "p1");
+    let mut stdin = first.stdin.take().unwrap();
+    writeln!(stdin, "start tx_first 64").unwrap();
+    let moved_before = || d.ctl("stats")["ports"][0]["rx_packets"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while moved_before() < 100_000 {
+        assert!(Instant::now() < deadline, "no traffic before the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    d.wait_log("front-end disconnected port=p0");
+    d.wait_log("front-end disconnected port=p1");
+    let after_kill = d.ctl("stats");
+    // A second testpmd on the same sockets: the ports accept it and forward again.
+    let out = testpmd_loop_with(&d, NO_HUGE, "", 2, "tp-second");
+    let tp = parse_accumulated(&out);
+    assert!(tp.rx > 10_000, "second testpmd moved too little: {tp:?}");
+    for p in d.ctl("stats")["ports"].as_array().unwrap() {
+        let g = |k: &str| p[k].as_u64().unwrap();
+        assert_eq!(g("rx_packets"), g("rx_forwarded") + g("rx_dropped"), "{p}");
+    }
+    let taken_second: u64 = d.ctl("stats")["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rx_packets"].as_u64().unwrap())
+        .sum::<u64>()
+        - after_kill["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["rx_packets"].as_u64().unwrap())
+            .sum::<u64>();
+    assert_eq!(
+        taken_second, tp.tx,
+        "the second testpmd's TX must equal what the switch took after the restart"
+    );
+    assert_eq!(d.ctl("stats")["ports"][0]["control"]["connections"], 2);
     assert_no_rejection(&d);
 }
