@@ -237,6 +237,24 @@ impl SharedMemory {
         Ok(val)
     }
 
+    /// Copies `len` bytes at `offset` in this memory to `dst_offset` in `dst` (which may be
+    /// this same memory; overlapping ranges are copied as by `memmove`).
+    pub fn copy_to(&self, offset: u64, dst: &SharedMemory, dst_offset: u64, len: u64) -> Result<()> {
+        let src = self.check(offset, len)?;
+        let to = dst.check(dst_offset, len)?;
+        // SAFETY: both ranges lie inside live mappings (checked above; `len` fits in usize
+        // because it fits in the mapping); `ptr::copy` allows the ranges to overlap, and no
+        // Rust reference into either mapping exists.
+        unsafe {
+            std::ptr::copy(
+                self.addr.as_ptr().add(src),
+                dst.addr.as_ptr().add(to),
+                len as usize,
+            );
+        }
+        Ok(())
+    }
+
     /// Fills `len` bytes at `offset` with `byte`.
     pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<()> {
         let start = self.check(offset, len)?;

@@ -1232,12 +1232,11 @@ fn buffers_across_region_boundaries_are_split_per_region() {
     );
 }
 
-/// Known divergence: an indirect table that straddles two GPA-adjacent regions is valid
-/// (the spec does not require a table to lie in one region, and `virtio-queue` reads it
-/// entry by entry), but our walker translates the whole table with `translate_gpa`, which
-/// requires one region, and refuses the chain with `OutsideMemory`.
+/// An indirect table that straddles two GPA-adjacent regions is valid (the spec does not
+/// require a table to lie in one region, and `virtio-queue` reads it entry by entry). This
+/// test found that our walker refused it; the walker now reads such a table entry by
+/// entry, including an entry split across the boundary.
 #[test]
-#[ignore = "known divergence: indirect table across a region boundary is refused"]
 fn indirect_table_across_region_boundary_agrees_with_virtio_queue() {
     let g = three_regions();
     let size = 4;

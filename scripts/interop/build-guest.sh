@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a tiny test guest from Debian packages: the cloud kernel (virtio drivers as
-# modules) plus a busybox-static initramfs whose /init runs one network check chosen on
-# the kernel command line and prints one `VS-RESULT ...` line on the serial console.
+# modules) plus a busybox-static initramfs whose /init runs the network checks chosen on
+# the kernel command line (vs.mode=...) and prints `VS-...` lines on the serial console
+# (the list is at the top of the /init below).
 #
 # Usage: build-guest.sh [OUTDIR]        (default: scripts/interop/out, git-ignored)
 # Env:   KERNEL_PKG=linux-image-X-cloud-amd64  pins the kernel (default: what
@@ -77,8 +78,24 @@ printf '%s\n' "${order[@]}" >"$root/lib/modules/order"
 cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
 # PID 1 of the vhost-switch test guest. Kernel parameters:
-#   vs.mode=link|ping|tcp-send|tcp-recv  vs.ip=ADDR/PREFIX  vs.peer=ADDR  vs.size=MiB
-#   vs.timeout=SEC (how long to wait for carrier, the peer or a transfer; default 60)
+#   vs.mode=STEP[+STEP...]  steps run in order, each printing one VS-RESULT line:
+#       link       eth0 up with carrier (nothing else)
+#       ping       3 pings to vs.peer (after waiting for it to answer)
+#       tcp-send   vs.size MiB of random data to vs.peer:5000, md5 of what was sent
+#       tcp-recv   listen on :5000, expect vs.size MiB, md5 of what arrived
+#       ping-loop  vs.count probes (1 s timeout each, 0.5 s apart), one VS-PING line each;
+#                  keeps going through a link gap (e.g. the switch restarting)
+#   vs.ip=ADDR/PREFIX  vs.peer=ADDR  vs.size=MiB (default 16)  vs.count=N (default 20)
+#   vs.timeout=SEC  how long to wait for carrier, the peer or a transfer (default 60)
+#   vs.linger=SEC   stay up SEC seconds after the last step before powering off (default
+#                   0), so that a test can inspect the switch while the guest is attached
+# Serial console lines, one each, for tests to grep:
+#   VS-BOOT uptime=U                          once per boot (a test checks for no reboot)
+#   VS-READY mac=M ip=A carrier=C uptime=U    eth0 up, address set, carrier waited for
+#   VS-PING n=I ok=0|1 carrier=0|1 uptime=U   each ping-loop probe
+#   VS-RESULT mode=STEP ok=0|1 uptime=U ...   each step; a failed step powers off at once
+# IPv6 is disabled, so a guest sends no multicast of its own: the only frames flooded to
+# every port are the ARP requests of IPv4.
 /bin/busybox --install -s /bin
 mount -t devtmpfs dev /dev
 # The initramfs has no /dev/console node, so the kernel gave us no stdio.
@@ -89,7 +106,10 @@ mount -t tmpfs tmp /tmp
 # Keep printk off the console so the result line cannot be split by kernel messages.
 dmesg -n 1
 
-mode=link ip= peer= size=16 timeout=60
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+echo "VS-BOOT uptime=$(uptime_s)"
+
+mode=link ip= peer= size=16 timeout=60 count=20 linger=0
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.mode=*) mode=${arg#*=} ;;
@@ -97,15 +117,21 @@ for arg in $(cat /proc/cmdline); do
         vs.peer=*) peer=${arg#*=} ;;
         vs.size=*) size=${arg#*=} ;;
         vs.timeout=*) timeout=${arg#*=} ;;
+        vs.count=*) count=${arg#*=} ;;
+        vs.linger=*) linger=${arg#*=} ;;
     esac
 done
+steps=$(echo "$mode" | tr '+' ' ')
 
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-result() {
-    echo "VS-RESULT mode=$mode ok=$1 uptime=$(uptime_s) $2"
+finish() {
     sync
     poweroff -f
     exit 1  # only reached if poweroff failed: the kernel panics and QEMU (-no-reboot) exits
+}
+# result OK INFO: prints the step's line; a failed step ends the run.
+result() {
+    echo "VS-RESULT mode=$mode ok=$1 uptime=$(uptime_s) $2"
+    [ "$1" = 1 ] || finish
 }
 
 for m in $(cat /lib/modules/order); do
@@ -115,6 +141,9 @@ i=0
 until [ -e /sys/class/net/eth0 ]; do
     i=$((i + 1)); [ $i -gt 100 ] && result 0 "reason=no-eth0"
     usleep 100000
+done
+for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
+    [ ! -e "$f" ] || echo 1 >"$f"
 done
 mac=$(cat /sys/class/net/eth0/address)
 ip link set lo up
@@ -128,6 +157,7 @@ until [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ]; do
 done
 carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0)
 info="mac=$mac carrier=$carrier"
+echo "VS-READY mac=$mac ip=${ip:-none} carrier=$carrier uptime=$(uptime_s)"
 [ "$carrier" = 1 ] || result 0 "reason=no-carrier $info"
 
 # The peer may still be booting: poll it before the real check so a late start is not
@@ -140,55 +170,90 @@ wait_peer() {
             && result 0 "reason=peer-unreachable peer=$peer $info"
     done
 }
+elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { print b - a }'; }
 set -o pipefail
-case $mode in
-    link)
-        result 1 "$info"
-        ;;
-    ping)
-        wait_peer
-        if out=$(ping -c 3 -W 2 "$peer"); then ok=1; else ok=0; fi
-        rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-        result $ok "peer=$peer received=$rx/3 $info"
-        ;;
-    tcp-send)
-        wait_peer
-        # Retry: the receiver's nc may start a moment after its address answers pings.
-        for attempt in 1 2 3 4 5; do
-            rm -f /tmp/tx; mkfifo /tmp/tx
-            md5sum </tmp/tx >/tmp/tx.md5 &
-            t0=$(uptime_s)
-            if dd if=/dev/urandom bs=1M count="$size" 2>/dev/null | tee /tmp/tx \
-                | timeout "$timeout" nc -w 5 "$peer" 5000; then
-                wait
-                secs=$(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { print b - a }')
-                result 1 "md5=$(cut -d' ' -f1 /tmp/tx.md5) bytes=$((size * 1048576)) secs=$secs attempts=$attempt $info"
-            fi
-            wait
-            sleep 1
-        done
-        result 0 "reason=send-failed peer=$peer $info"
-        ;;
-    tcp-recv)
-        # busybox nc half-closes when its stdin ends, and the sender then stops: give
-        # the receiver a stdin that never ends (a FIFO it holds open read-write).
-        mkfifo /tmp/hold /tmp/rx
-        exec 3<>/tmp/hold
-        wc -c </tmp/rx >/tmp/rx.len &
+
+step_ping() {
+    wait_peer
+    if out=$(ping -c 3 -W 2 "$peer"); then ok=1; else ok=0; fi
+    rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    result $ok "peer=$peer received=$rx/3 $info"
+}
+
+step_tcp_send() {
+    wait_peer
+    # Retry: the receiver's nc may start a moment after its address answers pings.
+    t_first=$(uptime_s)
+    attempt=0
+    while :; do
+        attempt=$((attempt + 1))
+        rm -f /tmp/tx /tmp/tx.md5; mkfifo /tmp/tx
+        md5sum </tmp/tx >/tmp/tx.md5 &
         t0=$(uptime_s)
-        ok=1 why=''
-        timeout "$timeout" nc -l -p 5000 <&3 | tee /tmp/rx | md5sum >/tmp/rx.md5 \
-            || { ok=0; why="reason=nc-failed-or-timeout "; }
+        if dd if=/dev/urandom bs=1M count="$size" 2>/dev/null | tee /tmp/tx \
+            | timeout "$timeout" nc -w 5 "$peer" 5000; then
+            wait
+            result 1 "md5=$(cut -d' ' -f1 /tmp/tx.md5) bytes=$((size * 1048576)) secs=$(elapsed "$t0") attempts=$attempt $info"
+            return
+        fi
         wait
-        secs=$(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { print b - a }')
-        bytes=$(cat /tmp/rx.len)
-        [ "$bytes" = $((size * 1048576)) ] || { ok=0; why=${why:-"reason=short-transfer "}; }
-        result $ok "${why}md5=$(cut -d' ' -f1 /tmp/rx.md5) bytes=$bytes expected=$((size * 1048576)) secs=$secs $info"
-        ;;
-    *)
-        result 0 "reason=unknown-mode"
-        ;;
-esac
+        awk -v a="$t_first" -v b="$(uptime_s)" -v t="$timeout" 'BEGIN { exit !(b - a > t) }' \
+            && result 0 "reason=send-failed peer=$peer attempts=$attempt $info"
+        sleep 1
+    done
+}
+
+step_tcp_recv() {
+    # busybox nc half-closes when its stdin ends, and the sender then stops: give
+    # the receiver a stdin that never ends (a FIFO it holds open read-write).
+    rm -f /tmp/hold /tmp/rx
+    mkfifo /tmp/hold /tmp/rx
+    exec 3<>/tmp/hold
+    wc -c </tmp/rx >/tmp/rx.len &
+    t0=$(uptime_s)
+    ok=1 why=''
+    timeout "$timeout" nc -l -p 5000 <&3 | tee /tmp/rx | md5sum >/tmp/rx.md5 \
+        || { ok=0; why="reason=nc-failed-or-timeout "; }
+    wait
+    exec 3<&-
+    bytes=$(cat /tmp/rx.len)
+    [ "$bytes" = $((size * 1048576)) ] || { ok=0; why=${why:-"reason=short-transfer "}; }
+    result $ok "${why}md5=$(cut -d' ' -f1 /tmp/rx.md5) bytes=$bytes expected=$((size * 1048576)) secs=$(elapsed "$t0") $info"
+}
+
+step_ping_loop() {
+    [ -n "$peer" ] || result 0 "reason=no-vs.peer $info"
+    # before: replies up to the first lost probe after a reply; lost: probes lost after
+    # the first reply; after: replies after that first loss.
+    n=0 replies=0 before=0 lost=0 after=0 gap=0
+    while [ $n -lt "$count" ]; do
+        n=$((n + 1))
+        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then ok=1; else ok=0; fi
+        echo "VS-PING n=$n ok=$ok carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0) uptime=$(uptime_s)"
+        if [ $ok = 1 ]; then
+            replies=$((replies + 1))
+            if [ $gap = 1 ]; then after=$((after + 1)); else before=$((before + 1)); fi
+        elif [ $replies -gt 0 ]; then
+            lost=$((lost + 1)) gap=1
+        fi
+        usleep 500000
+    done
+    [ $replies -gt 0 ] && ok=1 || ok=0
+    result $ok "peer=$peer sent=$n replies=$replies before=$before lost=$lost after=$after $info"
+}
+
+for mode in $steps; do
+    case $mode in
+        link) result 1 "$info" ;;
+        ping) step_ping ;;
+        tcp-send) step_tcp_send ;;
+        tcp-recv) step_tcp_recv ;;
+        ping-loop) step_ping_loop ;;
+        *) result 0 "reason=unknown-mode" ;;
+    esac
+done
+[ "$linger" = 0 ] || sleep "$linger"
+finish
 EOF
 chmod 755 "$root/init"
 

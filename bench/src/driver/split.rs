@@ -534,6 +534,41 @@ impl<'m> DriverQueue<'m> {
         Ok(head)
     }
 
+    /// Adds one buffer as a one-descriptor chain and puts it in the avail ring (visible after
+    /// [`DriverQueue::publish`]); returns the head. The zero-copy fast path of
+    /// [`DriverQueue::add_chain`]: no segment list to validate, nothing allocated.
+    /// [`Error::QueueFull`] when no descriptor is free.
+    pub fn add_buf(&mut self, gpa: u64, len: u32, writable: bool) -> Result<u16> {
+        self.check_broken()?;
+        if self.num_free == 0 {
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        }
+        let head = self.free_head;
+        let flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+        self.ring.write_desc(
+            head,
+            Desc {
+                addr: gpa,
+                len,
+                flags,
+                next: 0,
+            },
+        );
+        self.free_head = self.next[usize::from(head)];
+        self.num_free -= 1;
+        self.push_head(
+            head,
+            HeadState {
+                in_flight: true,
+                ndesc: 1,
+                last: head,
+                writable: if writable { len } else { 0 },
+                avail_pos: 0,
+            },
+        );
+        Ok(head)
+    }
+
     /// Adds a chain as one ring descriptor pointing to an indirect table (in the area set by
     /// [`DriverQueue::set_indirect_area`]). Returns the head.
     pub fn add_chain_indirect(&mut self, segs: &[Seg]) -> Result<u16> {

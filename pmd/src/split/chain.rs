@@ -11,7 +11,8 @@ use std::ptr::NonNull;
 use thiserror::Error;
 
 use super::raw::{
-    indirect_descriptor, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+    indirect_descriptor, read_guest_bytes, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT,
+    DESC_F_WRITE,
 };
 use crate::memory::GuestMemoryMap;
 
@@ -200,15 +201,47 @@ fn walk_indirect(
         return Err(ChainError::BadIndirectLength(len));
     }
     let count = len / 16;
-    let ptr = mem
-        .translate_gpa(table.addr, u64::from(len))
-        .ok_or(ChainError::OutsideMemory {
-            addr: table.addr,
-            len,
-        })?;
-    // SAFETY: `ptr` covers `len = 16 * count` bytes of guest memory, translated through
-    // `mem`, which the caller keeps mapped for the duration of the walk.
-    let read = |i: u16| unsafe { indirect_descriptor(ptr.as_ptr(), count, i) };
+    let outside = ChainError::OutsideMemory {
+        addr: table.addr,
+        len,
+    };
+    let whole = mem.translate_gpa(table.addr, u64::from(len));
+    if whole.is_none() {
+        // Legal but rare: a table across adjacent regions. Every byte must be mapped.
+        let mut at = table.addr;
+        let mut left = u64::from(len);
+        while left > 0 {
+            let (_, room) = mem.translate_gpa_prefix(at).ok_or(outside)?;
+            let take = left.min(room);
+            at = at.checked_add(take).ok_or(outside)?;
+            left -= take;
+        }
+    }
+    let read = |i: u16| -> Option<Descriptor> {
+        match whole {
+            // SAFETY: `ptr` covers `len = 16 * count` bytes of guest memory, translated
+            // through `mem`, which the caller keeps mapped for the duration of the walk.
+            Some(ptr) => unsafe { indirect_descriptor(ptr.as_ptr(), count, i) },
+            None => {
+                if u32::from(i) >= count {
+                    return None;
+                }
+                let mut bytes = [0u8; 16];
+                let mut at = table.addr + 16 * u64::from(i);
+                let mut done = 0;
+                while done < 16 {
+                    let (p, room) = mem.translate_gpa_prefix(at)?;
+                    let n = (16 - done).min(room as usize);
+                    // SAFETY: translate_gpa_prefix vouches for `room` mapped bytes at `p`,
+                    // n <= room, and `mem` stays mapped for the walk.
+                    unsafe { read_guest_bytes(p.as_ptr(), &mut bytes[done..done + n]) };
+                    done += n;
+                    at += n as u64;
+                }
+                Some(Descriptor::from_le_bytes(bytes))
+            }
+        }
+    };
     let mut desc = read(0).ok_or(ChainError::IndexOutOfRange(0))?;
     let mut seen = 1;
     loop {

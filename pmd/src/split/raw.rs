@@ -175,14 +175,35 @@ pub unsafe fn indirect_descriptor(table: *const u8, count: u32, index: u16) -> O
         return None;
     }
     // SAFETY: index < count, so the 16 bytes lie inside the table (caller contract); the
-    // table may be unaligned (the spec does not require alignment), hence read_unaligned
-    // through a volatile copy of the bytes.
+    // table may be unaligned (the spec does not require alignment), hence a byte copy.
     let bytes =
         unsafe { std::ptr::read_volatile(table.add(16 * usize::from(index)).cast::<[u8; 16]>()) };
-    Some(Descriptor {
-        addr: u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default()),
-        len: u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()),
-        flags: u16::from_le_bytes(bytes[12..14].try_into().unwrap_or_default()),
-        next: u16::from_le_bytes(bytes[14..16].try_into().unwrap_or_default()),
-    })
+    Some(Descriptor::from_le_bytes(bytes))
+}
+
+/// Copies `dst.len()` bytes of guest memory starting at `src`, byte by byte (for the rare
+/// descriptor that straddles two regions).
+///
+/// # Safety
+///
+/// `src..src + dst.len()` is mapped guest memory that stays mapped during the call.
+pub unsafe fn read_guest_bytes(src: *const u8, dst: &mut [u8]) {
+    for (i, b) in dst.iter_mut().enumerate() {
+        // SAFETY: i < dst.len(), inside the range the caller vouches for.
+        *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+    }
+}
+
+impl Descriptor {
+    /// Decodes the little-endian wire layout (virtio 1.x).
+    pub fn from_le_bytes(b: [u8; 16]) -> Descriptor {
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&b[0..8]);
+        Descriptor {
+            addr: u64::from_le_bytes(addr),
+            len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            next: u16::from_le_bytes([b[14], b[15]]),
+        }
+    }
 }
