@@ -9,4 +9,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 scripts/setup-hugepages.sh 512
 cargo build --release --workspace
-exec python3 scripts/bench_vs_dpdk.py "$@"
+python3 scripts/bench_vs_dpdk.py "$@"
+scripts/plot-bench.sh

@@ -12,7 +12,10 @@
 //! - [`frontend`]: one method per request ([`Frontend`]).
 //! - [`vring`]: split ring layout and eventfds ([`Vring`], [`Ring`]).
 //! - [`sequences`]: replays of QEMU 7.2 and DPDK 22.11 handshakes.
-//! - [`driver`]: the guest (virtio-net driver) side of split rings ([`NetDriver`]).
+//! - [`driver`]: the guest (virtio-net driver) side of split rings ([`NetDriver`], and the
+//!   zero-copy [`driver::ZcNet`]).
+//! - [`null_backend`]: an in-process device that consumes TX and fills RX (self-tests).
+//! - [`pktgen`]: the `vhost-pktgen` traffic generator engine ([`pktgen::run`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -20,7 +23,9 @@ pub mod driver;
 pub mod error;
 pub mod frontend;
 pub mod memory;
+pub mod null_backend;
 pub mod payload;
+pub mod pktgen;
 pub mod sequences;
 pub mod vring;
 pub mod wire;

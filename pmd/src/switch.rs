@@ -145,6 +145,7 @@ impl Switch {
                 let v = slot.value.load(Ordering::Acquire);
                 return self.live(v, now).then_some((v >> 48) as usize);
             }
+            // Keys are never cleared, so an empty slot ends every probe sequence.
             if k == 0 {
                 return None;
             }
@@ -158,17 +159,20 @@ impl Switch {
             mac,
             ((port as u64) << 48) | VALID | (now & TIME_MASK),
             false,
+            now,
         );
     }
 
     /// Adds a static entry (never ages, never moved by learning).
     pub fn add_static(&self, mac: [u8; 6], port: usize) {
-        self.insert(mac, ((port as u64) << 48) | VALID | STATIC, true);
+        self.insert(mac, ((port as u64) << 48) | VALID | STATIC, true, 0);
     }
 
-    fn insert(&self, mac: [u8; 6], value: u64, force: bool) {
+    fn insert(&self, mac: [u8; 6], value: u64, force: bool, now: u64) {
         let key = mac_key(mac);
         let start = home(key);
+        // A slot to take if `mac` is not in the table: the first never-used or dead one.
+        let mut free: Option<(&Slot, u64)> = None;
         for i in 0..PROBE {
             let slot = &self.slots[(start + i) & (SLOTS - 1)];
             let k = slot.key.load(Ordering::Acquire);
@@ -186,20 +190,28 @@ impl Switch {
                 }
                 return;
             }
-            if k == 0
-                && slot
-                    .key
-                    .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                slot.value.store(value, Ordering::Release);
-                return;
+            if free.is_none() && (k == 0 || !self.live(slot.value.load(Ordering::Acquire), now)) {
+                free = Some((slot, k));
+            }
+            if k == 0 {
+                break;
             }
         }
-        // Neighbourhood full: the MAC stays unknown and its frames are flooded.
+        // Not present: claim the free slot (a dead entry keeps its key until reused, so
+        // probe sequences never get holes). Losing the race only means flooding.
+        if let Some((slot, old_key)) = free {
+            if slot
+                .key
+                .compare_exchange(old_key, key, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.value.store(value, Ordering::Release);
+            }
+        }
     }
 
-    /// Forgets the entries of `port` (its front-end went away) and expired ones.
+    /// Forgets the entries of `port` (its front-end went away) and expired ones. The key
+    /// stays (value 0 = dead) so that later entries of the same probe sequence stay found.
     pub fn expire(&self, now: u64, port_gone: Option<usize>) {
         for slot in self.slots.iter() {
             let v = slot.value.load(Ordering::Acquire);
@@ -210,7 +222,6 @@ impl Switch {
                 !self.live(v, now) || (v & STATIC == 0 && port_gone == Some((v >> 48) as usize));
             if dead {
                 slot.value.store(0, Ordering::Release);
-                slot.key.store(0, Ordering::Release);
             }
         }
     }
@@ -282,6 +293,31 @@ mod tests {
         s.expire(200, None);
         assert!(s.entries(200).is_empty());
         assert_eq!(s.decide(1, A, B, 200), Destination::Flood);
+    }
+
+    #[test]
+    fn expiring_an_entry_keeps_later_entries_of_its_probe_sequence() {
+        // Regression (found by fuzz/switch_fdb): clearing a dead entry's key cut the probe
+        // sequence, hiding live entries stored after it.
+        let s = Switch::new(Mode::Learning, 2, 5);
+        let macs: Vec<[u8; 6]> = (0..3000u32)
+            .map(|i| {
+                let b = i.to_le_bytes();
+                [2, 0, 0, b[2], b[1], b[0]]
+            })
+            .collect();
+        for (i, m) in macs.iter().enumerate() {
+            s.learn(*m, 0, if i % 2 == 0 { 0 } else { 10 });
+        }
+        s.expire(10, None);
+        for (i, m) in macs.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+            if s.entries(10).iter().any(|e| e.mac == *m) {
+                assert_eq!(s.lookup(*m, 10), Some(0), "live entry {i} lost");
+            }
+        }
+        // Dead slots are reused.
+        s.learn([2, 9, 9, 9, 9, 9], 1, 11);
+        assert_eq!(s.lookup([2, 9, 9, 9, 9, 9], 11), Some(1));
     }
 
     #[test]

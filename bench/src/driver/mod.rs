@@ -7,6 +7,8 @@
 //! - [`net`]: a net driver over a receive and a transmit queue and a buffer pool
 //!   ([`NetDriver`]).
 //! - [`frame`]: test frames with a sequence number and a checksum.
+//! - [`zerocopy`]: buffers posted and returned by id, frames peeked in place
+//!   ([`ZcNet`], for `vhost-pktgen`).
 //! - `shm`: the module's only `unsafe` (atomic views of shared ring memory).
 //!
 //! Ring index convention: ring 0 = receiveq (the driver posts writable buffers), ring 1 =
@@ -16,6 +18,7 @@ pub mod frame;
 pub mod net;
 mod shm;
 pub mod split;
+pub mod zerocopy;
 
 #[cfg(test)]
 mod fake;
@@ -26,3 +29,4 @@ mod split_tests;
 
 pub use net::{NetCounters, NetDriver, NetLayout, NetOptions, TxLayout};
 pub use split::{Desc, DriverQueue, Kick, Seg, UsedElem};
+pub use zerocopy::{BufId, RxBatch, RxFrame, ZcNet};

@@ -1,0 +1,646 @@
+//! Zero-copy virtio-net driving for traffic generators (`vhost-pktgen`).
+//!
+//! [`NetDriver`](super::NetDriver) copies every frame into and out of guest memory, which
+//! is right for tests but costs a copy per packet. [`ZcNet`] instead hands out *buffers*:
+//! the caller registers buffers in guest memory once ([`ZcNet::add_buffer`]), writes their
+//! contents in place (a prebuilt frame template, then only the few bytes that change per
+//! packet), posts them by id ([`ZcNet::tx_post`], [`ZcNet::rx_post`]) and gets them back by
+//! id ([`ZcNet::tx_reclaim`], [`ZcNet::rx_poll`]). A received frame is not copied: the poll
+//! copies only its first bytes (the "peek", e.g. the headers and a sequence number) into an
+//! [`RxBatch`]; [`ZcNet::read_frame`] gathers the whole frame when the caller wants it.
+//!
+//! Batching: posts write descriptors and avail entries; [`ZcNet::tx_publish`] /
+//! [`ZcNet::rx_publish`] store avail.idx once and decide the kick once per burst;
+//! [`ZcNet::rx_poll`] and [`ZcNet::tx_reclaim`] read used.idx once per call.
+//!
+//! Buffer ownership is tracked per id (free / posted for RX / posted for TX): posting a
+//! buffer that is already posted is refused, so that a caller bug cannot hand the device the
+//! same memory twice. Everything the device writes is validated by the [`DriverQueue`]s; a
+//! bad num_buffers or length comes back as an [`RxFrame`] carrying the error (with its
+//! buffers, so that the caller can recycle them), never as a panic.
+
+use std::fmt;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::net::{net_hdr_len, NUM_BUFFERS_OFFSET};
+use super::split::{DriverQueue, Kick, Seg, UsedElem};
+use crate::error::{DeviceError, Error, Result};
+use crate::memory::SharedMemory;
+use crate::sequences::bits::{NET_F_MRG_RXBUF, RING_F_EVENT_IDX};
+use crate::vring::Vring;
+
+/// A buffer registered with [`ZcNet::add_buffer`].
+pub type BufId = u32;
+
+/// Most buffers one TX chain may carry ([`ZcNet::tx_post_chain`]).
+pub const MAX_TX_CHAIN: usize = 8;
+/// Largest peek (frame bytes copied per received frame into the [`RxBatch`]).
+pub const MAX_PEEK: usize = 256;
+
+/// Owner of a buffer.
+const FREE: u8 = 0;
+const ON_RX: u8 = 1;
+const ON_TX: u8 = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Buf {
+    offset: u64,
+    cap: u32,
+}
+
+/// Counters of a [`ZcNet`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZcStats {
+    /// Kicks written (RX and TX).
+    pub kicks: u64,
+    /// Kick writes that failed.
+    pub kick_errors: u64,
+    /// Received frames returned with an error (bad num_buffers, too short, bad len).
+    pub rx_errors: u64,
+}
+
+/// Metadata of one frame of an [`RxBatch`].
+#[derive(Debug, Clone)]
+struct RxMeta {
+    len: u32,
+    first: u32,
+    nbufs: u32,
+    head_len: u16,
+    error: Option<DeviceError>,
+}
+
+/// The frames one [`ZcNet::rx_poll`] returned: per frame its buffers and its first bytes.
+/// Preallocated for a whole ring ([`ZcNet::rx_batch`]); reused from poll to poll.
+#[derive(Debug)]
+pub struct RxBatch {
+    metas: Vec<RxMeta>,
+    bufs: Vec<(BufId, u32)>,
+    heads: Vec<u8>,
+    peek: usize,
+    capacity: usize,
+}
+
+impl RxBatch {
+    /// A batch for up to `capacity` frames (and buffers), copying the first `peek` bytes of
+    /// each frame (at most [`MAX_PEEK`]).
+    pub fn new(capacity: usize, peek: usize) -> Self {
+        let peek = peek.min(MAX_PEEK);
+        RxBatch {
+            metas: Vec::with_capacity(capacity),
+            bufs: Vec::with_capacity(capacity),
+            heads: vec![0; capacity * peek],
+            peek,
+            capacity,
+        }
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.metas.len()
+    }
+
+    /// Whether the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+    }
+
+    /// The peek length.
+    pub fn peek(&self) -> usize {
+        self.peek
+    }
+
+    fn clear(&mut self) {
+        self.metas.clear();
+        self.bufs.clear();
+    }
+
+    fn full(&self) -> bool {
+        self.metas.len() >= self.capacity || self.bufs.len() >= self.capacity
+    }
+
+    /// Frame `i` (`None` past the end).
+    pub fn get(&self, i: usize) -> Option<RxFrame<'_>> {
+        let m = self.metas.get(i)?;
+        let (first, n) = (m.first as usize, m.nbufs as usize);
+        let head_start = i * self.peek;
+        Some(RxFrame {
+            len: m.len as usize,
+            bufs: self.bufs.get(first..first + n).unwrap_or_default(),
+            head: self
+                .heads
+                .get(head_start..head_start + usize::from(m.head_len))
+                .unwrap_or_default(),
+            error: m.error.as_ref(),
+        })
+    }
+
+    /// The frames, in order.
+    pub fn iter(&self) -> impl Iterator<Item = RxFrame<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// One received frame, as [`ZcNet::rx_poll`] found it. Its buffers now belong to the caller
+/// (re-post them with [`ZcNet::rx_post`], or send them with [`ZcNet::tx_post_chain`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RxFrame<'a> {
+    /// Frame length, net header excluded (0 for an error frame).
+    pub len: usize,
+    /// The buffers in order, each with the bytes the device wrote into it (the first one's
+    /// count includes the net header).
+    pub bufs: &'a [(BufId, u32)],
+    /// The first `min(len, peek)` bytes of the frame (net header excluded).
+    pub head: &'a [u8],
+    /// Why the frame is unusable, if it is (its buffers must still be recycled).
+    pub error: Option<&'a DeviceError>,
+}
+
+/// Zero-copy virtio-net driving over a receiveq and a transmitq (see the module docs).
+pub struct ZcNet<'m> {
+    mem: &'m SharedMemory,
+    rx: DriverQueue<'m>,
+    tx: DriverQueue<'m>,
+    features: u64,
+    hdr_len: usize,
+    mrg: bool,
+    bufs: Vec<Buf>,
+    owner: Vec<u8>,
+    rx_buf_of: Vec<BufId>,
+    tx_bufs: Vec<BufId>,
+    tx_nbufs: Vec<u8>,
+    used: Vec<UsedElem>,
+    rx_kick: Option<EventFd>,
+    tx_kick: Option<EventFd>,
+    stats: ZcStats,
+}
+
+impl fmt::Debug for ZcNet<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZcNet")
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("hdr_len", &self.hdr_len)
+            .field("buffers", &self.bufs.len())
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m> ZcNet<'m> {
+    /// A driver over the rings `rx` (ring 0) and `tx` (ring 1) in `mem`: zeroes both rings,
+    /// asks for no interrupts (it polls), applies EVENT_IDX / MRG_RXBUF / the header length
+    /// from `features`, and kicks per `kick` (once [`ZcNet::set_kick_fds`] gave the fds).
+    /// TX used lengths are not checked (devices differ in what they write there).
+    pub fn new(mem: &'m SharedMemory, rx: Vring, tx: Vring, features: u64, kick: Kick) -> Result<Self> {
+        let mut rxq = DriverQueue::new(mem, rx)?;
+        let mut txq = DriverQueue::new(mem, tx)?;
+        txq.set_strict_len(false);
+        let event_idx = features & RING_F_EVENT_IDX != 0;
+        for q in [&mut rxq, &mut txq] {
+            q.set_event_idx(event_idx);
+            q.set_no_interrupt(true);
+            q.set_kick(kick);
+        }
+        let (nrx, ntx) = (usize::from(rx.queue_size()), usize::from(tx.queue_size()));
+        Ok(ZcNet {
+            mem,
+            rx: rxq,
+            tx: txq,
+            features,
+            hdr_len: net_hdr_len(features),
+            mrg: features & NET_F_MRG_RXBUF != 0,
+            bufs: Vec::new(),
+            owner: Vec::new(),
+            rx_buf_of: vec![0; nrx],
+            tx_bufs: vec![0; ntx * MAX_TX_CHAIN],
+            tx_nbufs: vec![0; ntx],
+            used: vec![UsedElem::default(); nrx.max(ntx)],
+            rx_kick: None,
+            tx_kick: None,
+            stats: ZcStats::default(),
+        })
+    }
+
+    /// Gives the driver the kick eventfds (used with [`Kick::IfNeeded`] / [`Kick::Always`]).
+    pub fn set_kick_fds(&mut self, rx: Option<EventFd>, tx: Option<EventFd>) {
+        self.rx_kick = rx;
+        self.tx_kick = tx;
+    }
+
+    /// The memory.
+    pub fn mem(&self) -> &'m SharedMemory {
+        self.mem
+    }
+
+    /// The features the driver was built with.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The net header length (10 or 12).
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len
+    }
+
+    /// Whether MRG_RXBUF is in use (a frame may span several RX buffers).
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.mrg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ZcStats {
+        &self.stats
+    }
+
+    /// The receive queue.
+    pub fn rx_queue(&self) -> &DriverQueue<'m> {
+        &self.rx
+    }
+
+    /// The transmit queue.
+    pub fn tx_queue(&self) -> &DriverQueue<'m> {
+        &self.tx
+    }
+
+    /// A batch sized for this driver's receive ring, copying `peek` bytes per frame.
+    pub fn rx_batch(&self, peek: usize) -> RxBatch {
+        RxBatch::new(usize::from(self.rx.queue_size()), peek)
+    }
+
+    /// Registers `cap` bytes at `offset` of the memory as a buffer; returns its id.
+    pub fn add_buffer(&mut self, offset: u64, cap: u32) -> Result<BufId> {
+        if cap == 0 {
+            return Err(Error::InvalidArgument("buffer of 0 bytes".into()));
+        }
+        let end = offset.checked_add(u64::from(cap));
+        if !end.is_some_and(|e| e <= self.mem.size() as u64) {
+            return Err(Error::OutOfRange {
+                offset,
+                len: u64::from(cap),
+                size: self.mem.size() as u64,
+            });
+        }
+        let id = BufId::try_from(self.bufs.len())
+            .map_err(|_| Error::InvalidArgument("too many buffers".into()))?;
+        self.bufs.push(Buf { offset, cap });
+        self.owner.push(FREE);
+        Ok(id)
+    }
+
+    /// Buffers registered.
+    pub fn buffers(&self) -> usize {
+        self.bufs.len()
+    }
+
+    fn buf(&self, id: BufId) -> Result<Buf> {
+        self.bufs
+            .get(id as usize)
+            .copied()
+            .ok_or_else(|| Error::InvalidArgument(format!("no buffer {id}")))
+    }
+
+    /// Offset of buffer `id` in the memory (0 for an unknown id).
+    pub fn buf_offset(&self, id: BufId) -> u64 {
+        self.bufs.get(id as usize).map_or(0, |b| b.offset)
+    }
+
+    /// Capacity of buffer `id` (0 for an unknown id).
+    pub fn buf_cap(&self, id: BufId) -> u32 {
+        self.bufs.get(id as usize).map_or(0, |b| b.cap)
+    }
+
+    fn gpa(&self, offset: u64) -> u64 {
+        self.mem.guest_phys_addr() + offset
+    }
+
+    fn take(&mut self, id: BufId, to: u8) -> Result<Buf> {
+        let b = self.buf(id)?;
+        let o = &mut self.owner[id as usize];
+        if *o != FREE {
+            return Err(Error::InvalidArgument(format!("buffer {id} is already posted")));
+        }
+        *o = to;
+        Ok(b)
+    }
+
+    fn kick(q: &mut DriverQueue<'m>, fd: Option<&EventFd>, stats: &mut ZcStats) {
+        if let Some(fd) = fd {
+            match q.kick_if_needed(fd) {
+                Ok(true) => stats.kicks += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    stats.kick_errors += 1;
+                    tracing::warn!("kick failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Free RX descriptors.
+    pub fn rx_room(&self) -> usize {
+        usize::from(self.rx.num_free())
+    }
+
+    /// RX buffers posted and not yet returned.
+    pub fn rx_posted(&self) -> usize {
+        usize::from(self.rx.in_flight())
+    }
+
+    /// Posts buffer `id` (all of it, device-writable) on the receive ring; visible after
+    /// [`ZcNet::rx_publish`].
+    pub fn rx_post(&mut self, id: BufId) -> Result<()> {
+        let b = self.take(id, ON_RX)?;
+        match self.rx.add_buf(self.gpa(b.offset), b.cap, true) {
+            Ok(head) => {
+                self.rx_buf_of[usize::from(head)] = id;
+                Ok(())
+            }
+            Err(e) => {
+                self.owner[id as usize] = FREE;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes the RX buffers posted so far (one avail.idx store) and kicks if needed.
+    pub fn rx_publish(&mut self) {
+        self.rx.publish();
+        Self::kick(&mut self.rx, self.rx_kick.as_ref(), &mut self.stats);
+    }
+
+    /// Pops one RX used entry: `Ok(Some((buf, len)))`, or `Err` with the buffer of a chain
+    /// returned with a bad len (`Some`) or none (the queue broke).
+    fn pop_rx(&mut self) -> std::result::Result<Option<(BufId, u32)>, (Error, Option<BufId>)> {
+        match self.rx.pop_used() {
+            Ok(Some(u)) => {
+                let b = self.rx_buf_of[usize::from(u.id)];
+                self.owner[b as usize] = FREE;
+                Ok(Some((b, u.len)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let buf = match &e {
+                    Error::Device(DeviceError::LenTooLarge { id, .. }) => {
+                        let b = self.rx_buf_of[usize::from(*id)];
+                        self.owner[b as usize] = FREE;
+                        Some(b)
+                    }
+                    _ => None,
+                };
+                Err((e, buf))
+            }
+        }
+    }
+
+    fn push_frame(batch: &mut RxBatch, first: usize, len: u32, head_len: u16, error: Option<DeviceError>) {
+        batch.metas.push(RxMeta {
+            len,
+            first: first as u32,
+            nbufs: (batch.bufs.len() - first) as u32,
+            head_len,
+            error,
+        });
+    }
+
+    /// Takes the frames the device completed (used.idx read once) into `batch` (cleared
+    /// first), copying the first [`RxBatch::peek`] bytes of each; returns how many frames.
+    /// The frames' buffers now belong to the caller. A frame the device got wrong comes
+    /// back with [`RxFrame::error`] set (and counted in [`ZcStats::rx_errors`]). A broken
+    /// receive queue is an error once the frames before the breakage were returned.
+    pub fn rx_poll(&mut self, batch: &mut RxBatch) -> Result<usize> {
+        batch.clear();
+        let mut left = self.rx.used_pending()?;
+        let hdr = self.hdr_len;
+        let mut tmp = [0u8; MAX_PEEK + 16];
+        while left > 0 && !batch.full() {
+            left -= 1;
+            let first = batch.bufs.len();
+            let (b0, len0) = match self.pop_rx() {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err((e, buf)) => {
+                    let Some(b) = buf else {
+                        if batch.is_empty() {
+                            return Err(e);
+                        }
+                        break;
+                    };
+                    batch.bufs.push((b, 0));
+                    let err = match e {
+                        Error::Device(d) => d,
+                        _ => DeviceError::RxTooShort { len: 0, min: 0 },
+                    };
+                    self.stats.rx_errors += 1;
+                    Self::push_frame(batch, first, 0, 0, Some(err));
+                    continue;
+                }
+            };
+            batch.bufs.push((b0, len0));
+            let min = (hdr + 14) as u64;
+            if (len0 as usize) < hdr {
+                self.stats.rx_errors += 1;
+                let e = DeviceError::RxTooShort { len: len0.into(), min };
+                Self::push_frame(batch, first, 0, 0, Some(e));
+                continue;
+            }
+            let off0 = self.bufs[b0 as usize].offset;
+            let want = (len0 as usize).min(hdr + batch.peek);
+            self.mem.read(off0, &mut tmp[..want])?;
+            let num_buffers = if self.mrg {
+                let at = NUM_BUFFERS_OFFSET as usize;
+                u16::from_le_bytes([tmp[at], tmp[at + 1]])
+            } else {
+                1
+            };
+            if num_buffers == 0 || num_buffers - 1 > left {
+                self.stats.rx_errors += 1;
+                let e = DeviceError::BadNumBuffers {
+                    num_buffers,
+                    available: left + 1,
+                };
+                Self::push_frame(batch, first, 0, 0, Some(e));
+                continue;
+            }
+            let mut total = u64::from(len0) - hdr as u64;
+            let mut error = None;
+            for _ in 1..num_buffers {
+                left -= 1;
+                match self.pop_rx() {
+                    Ok(Some((b, len))) => {
+                        batch.bufs.push((b, len));
+                        total += u64::from(len);
+                    }
+                    Ok(None) => {
+                        error = Some(DeviceError::BadNumBuffers {
+                            num_buffers,
+                            available: 0,
+                        });
+                        break;
+                    }
+                    Err((e, buf)) => {
+                        if let Some(b) = buf {
+                            batch.bufs.push((b, 0));
+                        }
+                        error = Some(match e {
+                            Error::Device(d) => d,
+                            _ => DeviceError::RxTooShort { len: 0, min },
+                        });
+                        break;
+                    }
+                }
+            }
+            if error.is_none() && total < 14 {
+                error = Some(DeviceError::RxTooShort {
+                    len: total + hdr as u64,
+                    min,
+                });
+            }
+            if error.is_none() && total > u64::from(u32::MAX) {
+                error = Some(DeviceError::FrameTooLong {
+                    len: total,
+                    max: u32::MAX.into(),
+                });
+            }
+            if error.is_some() {
+                self.stats.rx_errors += 1;
+                Self::push_frame(batch, first, 0, 0, error);
+                if self.rx.broken().is_some() {
+                    break;
+                }
+                continue;
+            }
+            let i = batch.metas.len();
+            let head_len = (want - hdr).min(total as usize);
+            let slot = i * batch.peek;
+            batch.heads[slot..slot + head_len].copy_from_slice(&tmp[hdr..hdr + head_len]);
+            Self::push_frame(batch, first, total as u32, head_len as u16, None);
+        }
+        Ok(batch.len())
+    }
+
+    /// Copies the whole of `frame` (net header excluded) into `out`; returns its length.
+    /// Fails if `out` is too small.
+    pub fn read_frame(&self, frame: &RxFrame<'_>, out: &mut [u8]) -> Result<usize> {
+        if out.len() < frame.len {
+            return Err(Error::InvalidArgument(format!(
+                "frame of {} bytes, buffer of {}",
+                frame.len,
+                out.len()
+            )));
+        }
+        let mut at = 0usize;
+        for (k, &(b, len)) in frame.bufs.iter().enumerate() {
+            let buf = self.buf(b)?;
+            let (skip, n) = if k == 0 {
+                (self.hdr_len, (len as usize).saturating_sub(self.hdr_len))
+            } else {
+                (0, len as usize)
+            };
+            let n = n.min(frame.len - at);
+            self.mem.read(buf.offset + skip as u64, &mut out[at..at + n])?;
+            at += n;
+        }
+        Ok(at)
+    }
+
+    /// Free TX descriptors.
+    pub fn tx_room(&self) -> usize {
+        usize::from(self.tx.num_free())
+    }
+
+    /// TX chains posted and not yet reclaimed.
+    pub fn tx_in_flight(&self) -> usize {
+        usize::from(self.tx.in_flight())
+    }
+
+    /// Posts the first `len` bytes of buffer `id` (net header + frame, already written) as a
+    /// one-descriptor TX chain; visible after [`ZcNet::tx_publish`].
+    pub fn tx_post(&mut self, id: BufId, len: u32) -> Result<()> {
+        let b = self.buf(id)?;
+        if len == 0 || len > b.cap {
+            return Err(Error::InvalidArgument(format!(
+                "TX of {len} bytes from buffer {id} of {}",
+                b.cap
+            )));
+        }
+        self.take(id, ON_TX)?;
+        match self.tx.add_buf(self.gpa(b.offset), len, false) {
+            Ok(head) => {
+                let h = usize::from(head);
+                self.tx_bufs[h * MAX_TX_CHAIN] = id;
+                self.tx_nbufs[h] = 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.owner[id as usize] = FREE;
+                Err(e)
+            }
+        }
+    }
+
+    /// Posts a TX chain of up to [`MAX_TX_CHAIN`] buffers, each with the bytes to send from
+    /// it (the first one starts with the net header); visible after [`ZcNet::tx_publish`].
+    pub fn tx_post_chain(&mut self, bufs: &[(BufId, u32)]) -> Result<()> {
+        if bufs.is_empty() || bufs.len() > MAX_TX_CHAIN {
+            return Err(Error::InvalidArgument(format!(
+                "TX chain of {} buffers (1..={MAX_TX_CHAIN})",
+                bufs.len()
+            )));
+        }
+        if bufs.len() == 1 {
+            return self.tx_post(bufs[0].0, bufs[0].1);
+        }
+        let mut segs = [Seg::readable(0, 0); MAX_TX_CHAIN];
+        for (k, &(id, len)) in bufs.iter().enumerate() {
+            let b = self.buf(id)?;
+            if len == 0 || len > b.cap || self.owner[id as usize] != FREE {
+                return Err(Error::InvalidArgument(format!(
+                    "TX of {len} bytes from buffer {id} (capacity {}, posted: {})",
+                    b.cap,
+                    self.owner[id as usize] != FREE
+                )));
+            }
+            if bufs[..k].iter().any(|&(o, _)| o == id) {
+                return Err(Error::InvalidArgument(format!("buffer {id} twice in a chain")));
+            }
+            segs[k] = Seg::readable(self.gpa(b.offset), len);
+        }
+        let head = self.tx.add_chain(&segs[..bufs.len()])?;
+        let h = usize::from(head);
+        for (k, &(id, _)) in bufs.iter().enumerate() {
+            self.owner[id as usize] = ON_TX;
+            self.tx_bufs[h * MAX_TX_CHAIN + k] = id;
+        }
+        self.tx_nbufs[h] = bufs.len() as u8;
+        Ok(())
+    }
+
+    /// Publishes the TX chains posted so far (one avail.idx store) and kicks if needed.
+    pub fn tx_publish(&mut self) {
+        self.tx.publish();
+        Self::kick(&mut self.tx, self.tx_kick.as_ref(), &mut self.stats);
+    }
+
+    /// Takes back the TX chains the device used (used.idx read once per ring's worth) and
+    /// hands each of their buffers to `f`; returns how many chains.
+    pub fn tx_reclaim(&mut self, mut f: impl FnMut(BufId)) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.tx.poll_used(&mut self.used)?;
+            for u in &self.used[..n] {
+                let h = usize::from(u.id);
+                let nb = usize::from(std::mem::take(&mut self.tx_nbufs[h]));
+                for &b in &self.tx_bufs[h * MAX_TX_CHAIN..h * MAX_TX_CHAIN + nb] {
+                    self.owner[b as usize] = FREE;
+                    f(b);
+                }
+            }
+            total += n;
+            if n < self.used.len() {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! One generator port: its memory plan, its buffers (RX pool, one TX pool per frame size
+//! holding prebuilt frames), and the per-burst TX, RX and reclaim paths.
+//!
+//! Per transmitted packet: pop a buffer of the size class, restamp its first 64 bytes (one
+//! 64-byte copy into guest memory), post it by id. Per received packet: the poll copies the
+//! net header and the first 64 frame bytes; parse, sequence tracking and latency use those;
+//! the whole frame is read only for the sampled (or `--verify all`) full check. Nothing is
+//! allocated per packet.
+
+use super::frame::{self, Parsed, Template, HEAD_LEN, MAX_FRAME};
+use super::histogram::Histogram;
+use super::rate::RateLimiter;
+use super::seq::SeqTracker;
+use super::{Config, FrameSize, Verify};
+use crate::driver::split::Kick;
+use crate::driver::zerocopy::{BufId, RxBatch, RxFrame, ZcNet, MAX_TX_CHAIN};
+use crate::error::Result;
+use crate::memory::SharedMemory;
+use crate::sequences::bits::NET_F_MRG_RXBUF;
+use crate::vring::{self, Vring};
+
+/// Class of the RX buffers (TX classes are 0..).
+pub(crate) const RX_CLASS: u8 = u8::MAX;
+/// IMIX frame sizes.
+pub const IMIX_SIZES: [usize; 3] = [64, 576, 1500];
+/// IMIX order of size classes: 7 × 64, 4 × 576, 1 × 1500, interleaved.
+pub(crate) const IMIX_PATTERN: [u8; 12] = [0, 1, 0, 2, 0, 1, 0, 0, 1, 0, 0, 1];
+
+const PAGE: u64 = 4096;
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Frame sizes of the classes and the order they are sent in.
+pub(crate) fn classes(size: &FrameSize) -> (Vec<usize>, Vec<u8>) {
+    match size {
+        FrameSize::Fixed(n) => (vec![*n], vec![0]),
+        FrameSize::Imix => (IMIX_SIZES.to_vec(), IMIX_PATTERN.to_vec()),
+    }
+}
+
+/// What a port does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PortRole {
+    /// Transmits a stream towards this port index (addresses of the frames).
+    pub tx_to: Option<u8>,
+    /// Receives (counts, verifies).
+    pub rx: bool,
+    /// Sends what it receives back out (loopback).
+    pub echo: bool,
+}
+
+/// Where a port's rings and buffers go in its memory.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub queue_size: u16,
+    pub hdr_len: usize,
+    pub rx_buf: u32,
+    pub rx_count: usize,
+    pub classes: Vec<usize>,
+    pub class_buf: Vec<u32>,
+    pub tx_count: usize,
+}
+
+impl Plan {
+    pub fn new(cfg: &Config, features: u64, role: &PortRole) -> Plan {
+        let q = cfg.queue_size;
+        let hdr = crate::driver::net::net_hdr_len(features);
+        let (sizes, _) = classes(&cfg.size);
+        let largest = sizes.iter().copied().max().unwrap_or(MAX_FRAME);
+        let whole = align_up((hdr + largest) as u64, 64) as u32;
+        let rx_buf = if features & NET_F_MRG_RXBUF != 0 {
+            cfg.rx_buf_size
+        } else {
+            cfg.rx_buf_size.max(whole)
+        };
+        let rx_count = match (role.rx, role.echo) {
+            (false, _) => 0,
+            (true, false) => usize::from(q),
+            (true, true) => 2 * usize::from(q) + 2 * usize::from(cfg.burst),
+        };
+        let tx_count = if role.tx_to.is_some() { usize::from(q) } else { 0 };
+        let class_buf = sizes
+            .iter()
+            .map(|&s| align_up((hdr + s) as u64, 64) as u32)
+            .collect();
+        Plan {
+            queue_size: q,
+            hdr_len: hdr,
+            rx_buf,
+            rx_count,
+            classes: sizes,
+            class_buf,
+            tx_count,
+        }
+    }
+
+    fn rings_end(&self) -> u64 {
+        let q = self.queue_size;
+        let one = vring::desc_table_size(q) + vring::avail_ring_size(q) + vring::used_ring_size(q) + 16;
+        2 * one
+    }
+
+    fn pool_offset(&self) -> u64 {
+        align_up(self.rings_end(), PAGE)
+    }
+
+    /// Bytes of memory the port needs.
+    pub fn mem_size(&self) -> usize {
+        let rx = self.rx_count as u64 * u64::from(self.rx_buf);
+        let tx: u64 = self
+            .class_buf
+            .iter()
+            .map(|&b| self.tx_count as u64 * u64::from(b))
+            .sum();
+        align_up(self.pool_offset() + rx + tx, PAGE) as usize
+    }
+}
+
+/// A transmitted stream's generator state.
+pub(crate) struct TxGen {
+    pub stream: u8,
+    pub dst: u8,
+    pub active: bool,
+    vary: bool,
+    flows: u32,
+    flow: u32,
+    round: u64,
+    pattern: Vec<u8>,
+    pat: usize,
+    templates: Vec<Template>,
+    tx_len: Vec<u32>,
+    pub limiter: RateLimiter,
+    burst: usize,
+    pub sent: u64,
+    pub sent_bytes: u64,
+}
+
+/// What a port received of one stream.
+pub(crate) struct DirRx {
+    pub seq: SeqTracker,
+    pub hist: Histogram,
+    pub bytes: u64,
+    pub corrupted: u64,
+}
+
+impl DirRx {
+    fn new(flows: u32) -> Self {
+        DirRx {
+            seq: SeqTracker::new(flows as usize),
+            hist: Histogram::new(),
+            bytes: 0,
+            corrupted: 0,
+        }
+    }
+}
+
+/// Port counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PortCounters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_foreign: u64,
+    /// Damaged pktgen frames whose stream could not be told.
+    pub rx_corrupt: u64,
+    pub rx_errors: u64,
+    pub verified: u64,
+    pub echoed: u64,
+    pub echo_dropped: u64,
+}
+
+/// Description of a port for the report.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PortInfo {
+    pub socket: String,
+    pub role: String,
+    pub protocol_features: u64,
+    pub hugepages: bool,
+    pub memory_bytes: usize,
+}
+
+/// One generator port at run time.
+pub(crate) struct PortRt<'m> {
+    pub name: String,
+    pub idx: u8,
+    pub net: ZcNet<'m>,
+    pub info: PortInfo,
+    hdr: usize,
+    pub rx_on: bool,
+    echo: bool,
+    macswap: bool,
+    flows: u32,
+    rx_free: Vec<BufId>,
+    class_of: Vec<u8>,
+    class_free: Vec<Vec<BufId>>,
+    batch: RxBatch,
+    pub tx: Option<TxGen>,
+    pub dirs: Vec<Option<Box<DirRx>>>,
+    pub c: PortCounters,
+    scratch: Vec<u8>,
+    verify: Verify,
+    verify_ctr: u32,
+    pub error: Option<String>,
+}
+
+impl<'m> PortRt<'m> {
+    /// Lays the port out in `mem` per `plan`: rings at 0, buffers after; prebuilds the TX
+    /// frames; posts the RX buffers (published, not kicked). Returns the port and its rings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        mem: &'m SharedMemory,
+        plan: &Plan,
+        cfg: &Config,
+        idx: u8,
+        name: &str,
+        role: PortRole,
+        features: u64,
+        kick: Kick,
+    ) -> Result<(Self, Vring, Vring)> {
+        let q = plan.queue_size;
+        let rx = Vring::new(mem, 0, q)?;
+        let tx = Vring::new(mem, rx.end_offset(), q)?;
+        let mut net = ZcNet::new(mem, rx, tx, features, kick)?;
+        let hdr = net.hdr_len();
+        let mut at = plan.pool_offset();
+        let mut class_of = Vec::new();
+        let mut rx_free = Vec::with_capacity(plan.rx_count);
+        for _ in 0..plan.rx_count {
+            rx_free.push(net.add_buffer(at, plan.rx_buf)?);
+            class_of.push(RX_CLASS);
+            at += u64::from(plan.rx_buf);
+        }
+        let (_, pattern) = classes(&cfg.size);
+        let mut class_free = Vec::new();
+        let mut templates = Vec::new();
+        let mut img = vec![0u8; hdr + MAX_FRAME];
+        for (k, (&len, &cap)) in plan.classes.iter().zip(&plan.class_buf).enumerate() {
+            let mut free = Vec::with_capacity(plan.tx_count);
+            if let Some(dst) = role.tx_to {
+                let t = Template::new(len, idx, idx, dst)
+                    .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
+                img[..hdr].fill(0);
+                t.fill(&mut img[hdr..hdr + len]);
+                for _ in 0..plan.tx_count {
+                    mem.write(at, &img[..hdr + len])?;
+                    let id = net.add_buffer(at, cap)?;
+                    class_of.push(k as u8);
+                    free.push(id);
+                    at += u64::from(cap);
+                }
+                templates.push(t);
+            }
+            class_free.push(free);
+        }
+        let tx_gen = role.tx_to.map(|dst| TxGen {
+            stream: idx,
+            dst,
+            active: false,
+            vary: cfg.flows > 1,
+            flows: cfg.flows.max(1),
+            flow: 0,
+            round: 0,
+            pattern: pattern.clone(),
+            pat: 0,
+            tx_len: plan.classes.iter().map(|&l| (hdr + l) as u32).collect(),
+            templates,
+            limiter: RateLimiter::new(None, u32::from(cfg.burst)),
+            burst: usize::from(cfg.burst),
+            sent: 0,
+            sent_bytes: 0,
+        });
+        let verify = cfg.verify;
+        let mut p = PortRt {
+            name: name.to_string(),
+            idx,
+            batch: net.rx_batch(HEAD_LEN),
+            net,
+            info: PortInfo::default(),
+            hdr,
+            rx_on: role.rx,
+            echo: role.echo,
+            macswap: cfg.macswap,
+            flows: cfg.flows.max(1),
+            rx_free,
+            class_of,
+            class_free,
+            tx: tx_gen,
+            dirs: (0..256).map(|_| None).collect(),
+            c: PortCounters::default(),
+            scratch: if verify == Verify::None {
+                Vec::new()
+            } else {
+                vec![0; 65536]
+            },
+            verify,
+            verify_ctr: 0,
+            error: None,
+        };
+        p.refill()?;
+        Ok((p, rx, tx))
+    }
+
+    /// Whether the port still runs (no device error).
+    pub fn alive(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Posts free RX buffers while the ring has room; publishes once.
+    fn refill(&mut self) -> Result<()> {
+        Self::refill_parts(&mut self.net, &mut self.rx_free)
+    }
+
+    fn refill_parts(net: &mut ZcNet<'m>, rx_free: &mut Vec<BufId>) -> Result<()> {
+        let mut posted = false;
+        while net.rx_room() > 0 {
+            let Some(b) = rx_free.pop() else { break };
+            if let Err(e) = net.rx_post(b) {
+                rx_free.push(b);
+                return Err(e);
+            }
+            posted = true;
+        }
+        if posted {
+            net.rx_publish();
+        }
+        Ok(())
+    }
+
+    /// Takes back completed TX chains (their buffers go back to their pools).
+    pub fn reclaim(&mut self) -> Result<usize> {
+        if self.net.tx_in_flight() == 0 {
+            return Ok(0);
+        }
+        let PortRt {
+            net,
+            class_of,
+            class_free,
+            rx_free,
+            ..
+        } = self;
+        net.tx_reclaim(|b| match class_of.get(b as usize) {
+            Some(&RX_CLASS) => rx_free.push(b),
+            Some(&k) => class_free[usize::from(k)].push(b),
+            None => {}
+        })
+    }
+
+    /// Generates one burst (bounded by the burst size, free descriptors and the rate).
+    #[inline]
+    pub fn tx_burst(&mut self, now: u64) -> Result<usize> {
+        let PortRt {
+            net,
+            class_free,
+            tx,
+            c,
+            hdr,
+            ..
+        } = self;
+        let Some(g) = tx.as_mut() else { return Ok(0) };
+        if !g.active {
+            return Ok(0);
+        }
+        let room = net.tx_room().min(g.burst) as u32;
+        if room == 0 {
+            return Ok(0);
+        }
+        let n = g.limiter.available(now, room);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mem = net.mem();
+        let mut head = [0u8; HEAD_LEN];
+        let mut sent = 0u32;
+        let mut bytes = 0u64;
+        let mut result = Ok(());
+        while sent < n {
+            let class = usize::from(g.pattern[g.pat]);
+            let Some(b) = class_free[class].pop() else { break };
+            let t = &g.templates[class];
+            t.stamp(&mut head, g.flow as u16, g.round, now, g.vary);
+            let posted = mem
+                .write(net.buf_offset(b) + *hdr as u64, &head)
+                .and_then(|()| net.tx_post(b, g.tx_len[class]));
+            if let Err(e) = posted {
+                class_free[class].push(b);
+                result = Err(e);
+                break;
+            }
+            sent += 1;
+            bytes += t.len() as u64;
+            g.pat += 1;
+            if g.pat == g.pattern.len() {
+                g.pat = 0;
+            }
+            g.flow += 1;
+            if g.flow == g.flows {
+                g.flow = 0;
+                g.round += 1;
+            }
+        }
+        g.limiter.take(sent);
+        g.sent += u64::from(sent);
+        g.sent_bytes += bytes;
+        c.tx_packets += u64::from(sent);
+        c.tx_bytes += bytes;
+        if sent > 0 {
+            net.tx_publish();
+        }
+        result.map(|()| sent as usize)
+    }
+
+    /// Polls the receive ring once: counts, tracks and verifies what arrived (or echoes it),
+    /// then re-posts the free RX buffers.
+    #[inline]
+    pub fn rx_burst(&mut self, now: u64) -> Result<usize> {
+        if !self.rx_on {
+            return Ok(0);
+        }
+        let PortRt {
+            net,
+            batch,
+            rx_free,
+            dirs,
+            c,
+            scratch,
+            verify,
+            verify_ctr,
+            echo,
+            macswap,
+            flows,
+            hdr,
+            ..
+        } = self;
+        let n = net.rx_poll(batch)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut echoed = 0;
+        for f in batch.iter() {
+            if f.error.is_some() {
+                c.rx_errors += 1;
+                rx_free.extend(f.bufs.iter().map(|&(b, _)| b));
+                continue;
+            }
+            c.rx_packets += 1;
+            c.rx_bytes += f.len as u64;
+            match frame::parse(f.head, f.len) {
+                Parsed::Ok(st) => {
+                    let d = dirs[usize::from(st.stream)].get_or_insert_with(|| Box::new(DirRx::new(*flows)));
+                    d.seq.record(st.flow, st.seq);
+                    d.bytes += f.len as u64;
+                    d.hist.record(now.saturating_sub(st.ts));
+                    let full = !*echo
+                        && match *verify {
+                            Verify::None => false,
+                            Verify::All => true,
+                            Verify::Sample(k) => {
+                                *verify_ctr += 1;
+                                if *verify_ctr >= k {
+                                    *verify_ctr = 0;
+                                    true
+                                } else {
+                                    false
+                                }
+                            }
+                        };
+                    if full {
+                        c.verified += 1;
+                        let ok = match net.read_frame(&f, scratch) {
+                            Ok(len) => frame::verify_full(&scratch[..len], &st),
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            d.corrupted += 1;
+                        }
+                    }
+                }
+                Parsed::Corrupt(Some(s)) => {
+                    dirs[usize::from(s)]
+                        .get_or_insert_with(|| Box::new(DirRx::new(*flows)))
+                        .corrupted += 1;
+                }
+                Parsed::Corrupt(None) => c.rx_corrupt += 1,
+                Parsed::Foreign => c.rx_foreign += 1,
+            }
+            if *echo && Self::echo_one(net, &f, *hdr, *macswap) {
+                echoed += 1;
+            } else {
+                if *echo {
+                    c.echo_dropped += 1;
+                }
+                rx_free.extend(f.bufs.iter().map(|&(b, _)| b));
+            }
+        }
+        if echoed > 0 {
+            c.echoed += echoed;
+            net.tx_publish();
+        }
+        Self::refill_parts(net, rx_free)?;
+        Ok(n)
+    }
+
+    /// Sends a received frame back out, in place (its RX buffers become the TX chain).
+    fn echo_one(net: &mut ZcNet<'m>, f: &RxFrame<'_>, hdr: usize, macswap: bool) -> bool {
+        if f.bufs.len() > MAX_TX_CHAIN || net.tx_room() < f.bufs.len() || f.bufs.iter().any(|&(_, l)| l == 0) {
+            return false;
+        }
+        let mem = net.mem();
+        let off = net.buf_offset(f.bufs[0].0);
+        if mem.write(off, &[0u8; 12][..hdr]).is_err() {
+            return false;
+        }
+        if macswap && f.head.len() >= 12 {
+            let mut m = [0u8; 12];
+            m[..6].copy_from_slice(&f.head[6..12]);
+            m[6..].copy_from_slice(&f.head[..6]);
+            if mem.write(off + hdr as u64, &m).is_err() {
+                return false;
+            }
+        }
+        net.tx_post_chain(f.bufs).is_ok()
+    }
+}

@@ -1,0 +1,190 @@
+//! The generator against the in-process [`NullBackend`]: its own ceiling, with no backend
+//! process and no cross-core traffic (one thread), or with the null device on a thread of
+//! its own (two threads).
+//!
+//! Two ports `a` and `b` are cross-connected by the null device; the generator runs `pair`
+//! mode over them. With one thread the device runs between generator rounds and its time is
+//! measured and subtracted: what remains is the generator's cost per frame (TX + reclaim +
+//! RX of one frame).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::clock::now_ns;
+use super::engine::{topology, Engine};
+use super::port::{Plan, PortInfo, PortRt};
+use super::report::{Report, SelftestReport};
+use super::{alloc, pin, Config, Mode, PortSpec};
+use crate::driver::split::Kick;
+use crate::null_backend::NullBackend;
+use crate::sequences::bits::{F_VERSION_1, NET_F_MRG_RXBUF};
+
+/// Runs `cfg` (its mode is forced to `pair`, its ports to two in-process ones) against the
+/// null device, with `threads` = 1 (same thread) or 2 (device on core `cfg.core + 1`, or
+/// unpinned). The report's `selftest` section holds the cost figures.
+pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
+    let mut cfg = cfg.clone();
+    cfg.mode = Mode::Pair;
+    cfg.ports = vec![PortSpec::client("a", ""), PortSpec::client("b", "")];
+    cfg.validate()?;
+    let mut warnings = Vec::new();
+    pin(cfg.core, &mut warnings);
+    let features = F_VERSION_1 | NET_F_MRG_RXBUF;
+    let (roles, dirs) = topology(&cfg, 2);
+    let plans: Vec<Plan> = roles.iter().map(|r| Plan::new(&cfg, features, r)).collect();
+    let mems = plans
+        .iter()
+        .zip(&cfg.ports)
+        .map(|(p, s)| alloc(p.mem_size(), cfg.hugepages, &s.name, &mut warnings))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut backend = NullBackend::new(usize::from(cfg.burst));
+    let mut ports = Vec::new();
+    for (i, spec) in cfg.ports.iter().enumerate() {
+        let (mut p, rx, tx) = PortRt::build(&mems[i], &plans[i], &cfg, i as u8, &spec.name, roles[i], features, Kick::Never)
+            .context("setting up an in-process port")?;
+        p.info = PortInfo {
+            socket: String::new(),
+            role: "in-process".into(),
+            protocol_features: 0,
+            hugepages: mems[i].is_hugetlb(),
+            memory_bytes: mems[i].size(),
+        };
+        backend.add_port(&mems[i], &rx, &tx, features)?;
+        ports.push(p);
+    }
+    backend.connect(0, 1)?;
+    let mut engine = Engine::new(&cfg, ports, dirs);
+    let mut backend_ns = 0u64;
+    let mut rfc = None;
+    if threads <= 1 {
+        let mut hook = || {
+            let t0 = now_ns();
+            backend.poll();
+            backend_ns += now_ns() - t0;
+        };
+        rfc = rfc.or(engine.run(&mut hook));
+    } else {
+        let done = AtomicBool::new(false);
+        let other = cfg.core.map(|c| c + 1);
+        std::thread::scope(|s| {
+            let done = &done;
+            let backend = &mut backend;
+            s.spawn(move || {
+                if let Some(id) = other {
+                    let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                while !done.load(Ordering::Relaxed) {
+                    if backend.poll() == 0 {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            rfc = engine.run(&mut || {});
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut report = engine.report();
+    report.rfc2544 = rfc;
+    report.warnings.extend(warnings);
+    let received: u64 = report.directions.iter().map(|d| d.unique).sum();
+    let busy_ns = (engine.traffic_ns + engine.drain_ns) as f64;
+    let per = |ns: f64| if received == 0 { 0.0 } else { ns / received as f64 };
+    let generator = per(busy_ns - backend_ns as f64);
+    report.selftest = Some(SelftestReport {
+        threads: threads.clamp(1, 2),
+        packets_per_s: received as f64 / (engine.traffic_ns as f64 / 1e9).max(1e-9),
+        total_ns_per_packet: per(busy_ns),
+        backend_ns_per_packet: per(backend_ns as f64),
+        generator_ns_per_packet: generator,
+        generator_mpps_ceiling: if generator > 0.0 { 1e3 / generator } else { 0.0 },
+    });
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::HugePages;
+    use crate::pktgen::{FrameSize, Progress, Verify};
+
+    fn cfg(size: FrameSize, flows: u32) -> Config {
+        Config {
+            size,
+            flows,
+            duration: Duration::from_millis(300),
+            core: None,
+            progress: Progress::Off,
+            hugepages: HugePages::Never,
+            verify: Verify::All,
+            queue_size: 256,
+            ..Config::default()
+        }
+    }
+
+    fn check_clean(r: &Report) {
+        assert!(r.errors.is_empty(), "{r:#?}");
+        assert_eq!(r.directions.len(), 2, "{r:#?}");
+        for d in &r.directions {
+            let sent = d.sent.unwrap();
+            assert!(sent > 1000, "{d:#?}");
+            assert_eq!((d.lost, d.corrupted, d.reordered, d.duplicated), (0, 0, 0, 0), "{d:#?}");
+            assert_eq!(d.unique, sent, "{d:#?}");
+        }
+        for p in &r.ports {
+            assert_eq!((p.rx_foreign, p.rx_corrupted, p.rx_errors, p.tx_in_flight), (0, 0, 0, 0), "{p:#?}");
+            assert_eq!(p.verified, p.rx_packets, "--verify all checks every frame");
+        }
+        let t = r.selftest.as_ref().unwrap();
+        assert!(t.generator_ns_per_packet > 0.0 && t.packets_per_s > 0.0, "{t:#?}");
+    }
+
+    #[test]
+    fn every_packet_passes_64_bytes_many_flows() {
+        let r = selftest(&cfg(FrameSize::Fixed(64), 1000), 1).unwrap();
+        check_clean(&r);
+        assert!(r.render_table().contains("a->b"));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v["mpps_per_direction"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["directions"][0]["name"], "a->b");
+    }
+
+    #[test]
+    fn every_packet_passes_imix_and_jumbo() {
+        check_clean(&selftest(&cfg(FrameSize::Imix, 7), 1).unwrap());
+        // 9000-byte frames span five 2048-byte RX buffers (MRG_RXBUF).
+        check_clean(&selftest(&cfg(FrameSize::Fixed(9000), 1), 1).unwrap());
+    }
+
+    #[test]
+    fn two_threads_and_rate_limit() {
+        let mut c = cfg(FrameSize::Fixed(128), 3);
+        c.rate_pps = Some(20_000.0);
+        let r = selftest(&c, 2).unwrap();
+        check_clean(&r);
+        for d in &r.directions {
+            let sent = d.sent.unwrap() as f64;
+            // 20 kpps for ~0.3 s.
+            assert!((sent - 20_000.0 * r.duration_s).abs() < 300.0, "{d:#?}");
+            assert!(d.latency.is_some());
+        }
+    }
+
+    #[test]
+    fn unidirectional_and_rfc2544_against_a_lossless_device() {
+        let mut c = cfg(FrameSize::Fixed(64), 1);
+        c.bidirectional = false;
+        c.verify = Verify::Sample(16);
+        let r = selftest(&c, 1).unwrap();
+        assert_eq!(r.directions.len(), 1);
+        assert_eq!(r.directions[0].lost, 0);
+        // RFC 2544: the null device never drops, so the first (unlimited) trial passes.
+        let mut c = cfg(FrameSize::Fixed(64), 1);
+        c.mode = Mode::Rfc2544;
+        c.rfc2544.step_duration = Duration::from_millis(200);
+        let mut r = selftest(&c, 1).unwrap();
+        let rfc = r.rfc2544.take().unwrap();
+        assert!(rfc.ndr_pps > 0.0 && rfc.ndr_pps == rfc.max_pps, "{rfc:#?}");
+    }
+}
