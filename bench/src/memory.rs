@@ -239,7 +239,13 @@ impl SharedMemory {
 
     /// Copies `len` bytes at `offset` in this memory to `dst_offset` in `dst` (which may be
     /// this same memory; overlapping ranges are copied as by `memmove`).
-    pub fn copy_to(&self, offset: u64, dst: &SharedMemory, dst_offset: u64, len: u64) -> Result<()> {
+    pub fn copy_to(
+        &self,
+        offset: u64,
+        dst: &SharedMemory,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<()> {
         let src = self.check(offset, len)?;
         let to = dst.check(dst_offset, len)?;
         // SAFETY: both ranges lie inside live mappings (checked above; `len` fits in usize

@@ -16,7 +16,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::driver::net::net_hdr_len;
-use crate::driver::split::{SplitRing, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
+use crate::driver::split::{
+    SplitRing, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::sequences::bits::NET_F_MRG_RXBUF;
@@ -165,7 +167,13 @@ impl<'m> NullBackend<'m> {
     /// Adds a port whose receive ring is `rx` and transmit ring `tx` in `mem`, with the
     /// negotiated `features` (header length, MRG_RXBUF). The rings must be initialized by the
     /// driver first. Routes to [`Route::Sink`]; returns the port's index.
-    pub fn add_port(&mut self, mem: &'m SharedMemory, rx: &Vring, tx: &Vring, features: u64) -> Result<usize> {
+    pub fn add_port(
+        &mut self,
+        mem: &'m SharedMemory,
+        rx: &Vring,
+        tx: &Vring,
+        features: u64,
+    ) -> Result<usize> {
         self.ports.push(NullPort {
             mem,
             rx: DevRing::new(mem, rx)?,
@@ -277,7 +285,14 @@ impl<'m> NullBackend<'m> {
 
     /// Copies a frame (`len` bytes after `skip` header bytes of `segs` in `src_mem`) into
     /// port `to`'s RX buffers; false if they cannot hold it (nothing is taken then).
-    fn deliver(&mut self, to: usize, src_mem: &SharedMemory, segs: &[(u64, u32)], skip: u64, len: u64) -> bool {
+    fn deliver(
+        &mut self,
+        to: usize,
+        src_mem: &SharedMemory,
+        segs: &[(u64, u32)],
+        skip: u64,
+        len: u64,
+    ) -> bool {
         let dst = &mut self.ports[to];
         let hdr = dst.hdr_len as u64;
         let need = hdr + len;
@@ -331,7 +346,10 @@ impl<'m> NullBackend<'m> {
                 let n = (u64::from(cap) - d_at)
                     .min(u64::from(slen) - s_at)
                     .min(len - copied);
-                if src_mem.copy_to(soff + s_at, dst.mem, off + d_at, n).is_err() {
+                if src_mem
+                    .copy_to(soff + s_at, dst.mem, off + d_at, n)
+                    .is_err()
+                {
                     break;
                 }
                 d_at += n;
@@ -389,7 +407,9 @@ mod tests {
             let pa = dev.add_port(&ma, &la.rx, &la.tx, features).unwrap();
             let pb = dev.add_port(&mb, &lb.rx, &lb.tx, features).unwrap();
             dev.connect(pa, pb).unwrap();
-            let frames: Vec<Vec<u8>> = (0..10u8).map(|k| (0..len).map(|i| (i as u8) ^ k).collect()).collect();
+            let frames: Vec<Vec<u8>> = (0..10u8)
+                .map(|k| (0..len).map(|i| (i as u8) ^ k).collect())
+                .collect();
             let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
             assert_eq!(a.send(&refs), 10);
             assert_eq!(dev.poll(), 10);

@@ -124,7 +124,8 @@ impl MappedRegion {
             .checked_next_multiple_of(page)
             .and_then(|l| usize::try_from(l).ok())
             .ok_or(MemoryError::WrappingRegion(spec))?;
-        let mapping = Mapping::shared_populated(file, len).map_err(|e| MemoryError::Os(spec, e))?;
+        let mapping = Mapping::shared_populated(file, len, page as usize)
+            .map_err(|e| MemoryError::Os(spec, e))?;
         Ok(MappedRegion {
             spec,
             mapping,

@@ -5,11 +5,15 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 
-/// A shared, populated mapping of the start of a file. Unmapped on drop.
+/// A shared, populated mapping of the start of a file, between two inaccessible guard
+/// pages: a data-plane bug that ran past a guest region would fault at once instead of
+/// touching whatever happens to be mapped next to it. Unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,
+    reserved: NonNull<u8>,
+    reserved_len: usize,
 }
 
 // SAFETY: the mapping is plain shared memory; `Mapping` only hands out raw pointers, and
@@ -19,28 +23,61 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps the first `len` bytes of `file` read-write, `MAP_SHARED | MAP_POPULATE`.
-    pub(crate) fn shared_populated(file: &File, len: usize) -> io::Result<Self> {
-        if len == 0 {
+    /// Maps the first `len` bytes of `file` read-write, `MAP_SHARED | MAP_POPULATE`, at an
+    /// address aligned to `page` (the file's page size), with a guard of at least one
+    /// page on each side.
+    pub(crate) fn shared_populated(file: &File, len: usize, page: usize) -> io::Result<Self> {
+        if len == 0 || !page.is_power_of_two() {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: a fresh mapping (addr NULL) cannot alias any Rust object; the fd is valid
-        // for the duration of the call; the result is checked against MAP_FAILED.
-        let ptr = unsafe {
+        let guard = page.max(4096);
+        let reserved_len = len
+            .checked_add(3 * guard)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a fresh anonymous PROT_NONE reservation (addr NULL) cannot alias any Rust
+        // object; the result is checked against MAP_FAILED.
+        let reserved = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
+                reserved_len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if reserved == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let start = (reserved as usize + guard).next_multiple_of(page);
+        // SAFETY: [start, start + len) lies inside our own reservation, at least `guard`
+        // bytes from both of its ends (start <= reserved + guard + page - 1 and the
+        // reservation has 3 * guard >= guard + page + guard spare bytes), so MAP_FIXED
+        // replaces only PROT_NONE pages we own; the fd is valid for the call.
+        let ptr = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED | libc::MAP_POPULATE | libc::MAP_FIXED,
                 file.as_raw_fd(),
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            // SAFETY: unmapping exactly the reservation made above, which nothing uses.
+            unsafe { libc::munmap(reserved, reserved_len) };
+            return Err(err);
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Mapping { base, len })
+        let reserved = NonNull::new(reserved.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping {
+            base,
+            len,
+            reserved,
+            reserved_len,
+        })
     }
 
     /// Pointer to byte `offset` of the mapping, if inside it.
@@ -56,10 +93,11 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: base/len are exactly what mmap returned and this is the only unmap.
-        // Readers hold an `Arc` to the owning region, so none is left when this runs.
+        // SAFETY: the reservation (which contains the file mapping) is exactly what mmap
+        // returned and this is the only unmap. Readers hold an `Arc` to the owning region,
+        // so none is left when this runs.
         unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len);
+            libc::munmap(self.reserved.as_ptr().cast(), self.reserved_len);
         }
     }
 }
@@ -81,6 +119,33 @@ pub(crate) fn file_page_size(file: &File) -> io::Result<u64> {
         4096
     };
     Ok(page.max(4096))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mapping_is_fenced_by_inaccessible_pages() {
+        let file = test_memfd(3 * 4096);
+        let m = Mapping::shared_populated(&file, 3 * 4096, 4096).unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let base = m.base.as_ptr() as usize;
+        let prot_at = |addr: usize| {
+            maps.lines().find_map(|l| {
+                let (range, rest) = l.split_once(' ')?;
+                let (lo, hi) = range.split_once('-')?;
+                let (lo, hi) = (
+                    usize::from_str_radix(lo, 16).ok()?,
+                    usize::from_str_radix(hi, 16).ok()?,
+                );
+                (lo <= addr && addr < hi).then(|| rest[..4].to_string())
+            })
+        };
+        assert_eq!(prot_at(base).as_deref(), Some("rw-s"));
+        assert_eq!(prot_at(base - 1).as_deref(), Some("---p"));
+        assert_eq!(prot_at(base + 3 * 4096).as_deref(), Some("---p"));
+    }
 }
 
 #[cfg(test)]

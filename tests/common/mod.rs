@@ -83,7 +83,7 @@ impl Daemon {
         }
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-switch"))
             .args(&args)
-            .env("RUST_LOG", "vhost_switch=debug")
+            .env("RUST_LOG", "vhost_switch=debug,pmd=info")
             .stdin(Stdio::null())
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&log).unwrap())

@@ -153,7 +153,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Some('g' | 'G') => (&s[..s.len() - 1], 1e9),
         _ => (s, 1.0),
     };
-    let v: f64 = num.parse().map_err(|_| format!("rate {s:?} is not a number"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("rate {s:?} is not a number"))?;
     if v > 0.0 && v.is_finite() {
         Ok(v * mult)
     } else {
@@ -171,7 +173,8 @@ fn parse_huge(s: &str) -> Result<HugePages, String> {
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{what} {s} is not a duration in seconds"))
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("{what} {s} is not a duration in seconds"))
 }
 
 fn config(c: &Common) -> anyhow::Result<Config> {
@@ -200,7 +203,8 @@ fn config(c: &Common) -> anyhow::Result<Config> {
 static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 fn stop_flag() -> Arc<AtomicBool> {
-    STOP.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+    STOP.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -282,7 +286,9 @@ fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     } else {
         match rtt {
             Some(ns) => println!("core {a} <-> core {b}: round trip {ns:.0} ns"),
-            None => println!("core {a} <-> core {b}: unavailable (pinning failed or a core stalled)"),
+            None => {
+                println!("core {a} <-> core {b}: unavailable (pinning failed or a core stalled)")
+            }
         }
     }
     Ok(if rtt.is_some() {

@@ -38,6 +38,10 @@ pub const MAX_TX_CHAIN: usize = 8;
 /// Largest peek (frame bytes copied per received frame into the [`RxBatch`]).
 pub const MAX_PEEK: usize = 256;
 
+/// What popping one RX used entry gave: a buffer and its used len, nothing, or an error
+/// with the buffer of a chain the device returned wrongly (`None` once the queue broke).
+type PopRx = std::result::Result<Option<(BufId, u32)>, (Error, Option<BufId>)>;
+
 /// Owner of a buffer.
 const FREE: u8 = 0;
 const ON_RX: u8 = 1;
@@ -193,7 +197,13 @@ impl<'m> ZcNet<'m> {
     /// asks for no interrupts (it polls), applies EVENT_IDX / MRG_RXBUF / the header length
     /// from `features`, and kicks per `kick` (once [`ZcNet::set_kick_fds`] gave the fds).
     /// TX used lengths are not checked (devices differ in what they write there).
-    pub fn new(mem: &'m SharedMemory, rx: Vring, tx: Vring, features: u64, kick: Kick) -> Result<Self> {
+    pub fn new(
+        mem: &'m SharedMemory,
+        rx: Vring,
+        tx: Vring,
+        features: u64,
+        kick: Kick,
+    ) -> Result<Self> {
         let mut rxq = DriverQueue::new(mem, rx)?;
         let mut txq = DriverQueue::new(mem, tx)?;
         txq.set_strict_len(false);
@@ -274,8 +284,9 @@ impl<'m> ZcNet<'m> {
         if cap == 0 {
             return Err(Error::InvalidArgument("buffer of 0 bytes".into()));
         }
-        let end = offset.checked_add(u64::from(cap));
-        if !end.is_some_and(|e| e <= self.mem.size() as u64) {
+        let inside =
+            matches!(offset.checked_add(u64::from(cap)), Some(e) if e <= self.mem.size() as u64);
+        if !inside {
             return Err(Error::OutOfRange {
                 offset,
                 len: u64::from(cap),
@@ -319,7 +330,9 @@ impl<'m> ZcNet<'m> {
         let b = self.buf(id)?;
         let o = &mut self.owner[id as usize];
         if *o != FREE {
-            return Err(Error::InvalidArgument(format!("buffer {id} is already posted")));
+            return Err(Error::InvalidArgument(format!(
+                "buffer {id} is already posted"
+            )));
         }
         *o = to;
         Ok(b)
@@ -372,7 +385,7 @@ impl<'m> ZcNet<'m> {
 
     /// Pops one RX used entry: `Ok(Some((buf, len)))`, or `Err` with the buffer of a chain
     /// returned with a bad len (`Some`) or none (the queue broke).
-    fn pop_rx(&mut self) -> std::result::Result<Option<(BufId, u32)>, (Error, Option<BufId>)> {
+    fn pop_rx(&mut self) -> PopRx {
         match self.rx.pop_used() {
             Ok(Some(u)) => {
                 let b = self.rx_buf_of[usize::from(u.id)];
@@ -394,7 +407,13 @@ impl<'m> ZcNet<'m> {
         }
     }
 
-    fn push_frame(batch: &mut RxBatch, first: usize, len: u32, head_len: u16, error: Option<DeviceError>) {
+    fn push_frame(
+        batch: &mut RxBatch,
+        first: usize,
+        len: u32,
+        head_len: u16,
+        error: Option<DeviceError>,
+    ) {
         batch.metas.push(RxMeta {
             len,
             first: first as u32,
@@ -441,7 +460,10 @@ impl<'m> ZcNet<'m> {
             let min = (hdr + 14) as u64;
             if (len0 as usize) < hdr {
                 self.stats.rx_errors += 1;
-                let e = DeviceError::RxTooShort { len: len0.into(), min };
+                let e = DeviceError::RxTooShort {
+                    len: len0.into(),
+                    min,
+                };
                 Self::push_frame(batch, first, 0, 0, Some(e));
                 continue;
             }
@@ -539,7 +561,8 @@ impl<'m> ZcNet<'m> {
                 (0, len as usize)
             };
             let n = n.min(frame.len - at);
-            self.mem.read(buf.offset + skip as u64, &mut out[at..at + n])?;
+            self.mem
+                .read(buf.offset + skip as u64, &mut out[at..at + n])?;
             at += n;
         }
         Ok(at)
@@ -603,7 +626,9 @@ impl<'m> ZcNet<'m> {
                 )));
             }
             if bufs[..k].iter().any(|&(o, _)| o == id) {
-                return Err(Error::InvalidArgument(format!("buffer {id} twice in a chain")));
+                return Err(Error::InvalidArgument(format!(
+                    "buffer {id} twice in a chain"
+                )));
             }
             segs[k] = Seg::readable(self.gpa(b.offset), len);
         }

@@ -31,7 +31,8 @@ pub(crate) struct Session {
     pub features: u64,
     pub protocol: u64,
     pub kick: [EventFd; 2],
-    pub call: [EventFd; 2],
+    /// Call eventfds, kept open for the session (the rings never ask for interrupts).
+    _call: [EventFd; 2],
 }
 
 impl Session {
@@ -46,7 +47,11 @@ fn stopped(stop: Option<&AtomicBool>) -> bool {
 
 /// Connects to the backend (client role, retrying until `timeout`) or waits for it to
 /// connect (server role).
-pub(crate) fn connect(spec: &PortSpec, timeout: Duration, stop: Option<&AtomicBool>) -> anyhow::Result<Frontend> {
+pub(crate) fn connect(
+    spec: &PortSpec,
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<Frontend> {
     let path = &spec.socket;
     match spec.role {
         Role::Client => {
@@ -56,7 +61,11 @@ pub(crate) fn connect(spec: &PortSpec, timeout: Duration, stop: Option<&AtomicBo
                     Ok(c) => return Ok(Frontend::new(c)),
                     Err(e) if Instant::now() >= deadline || stopped(stop) => {
                         return Err(e).with_context(|| {
-                            format!("port {}: no vhost-user backend at {} after {timeout:?}", spec.name, path.display())
+                            format!(
+                                "port {}: no vhost-user backend at {} after {timeout:?}",
+                                spec.name,
+                                path.display()
+                            )
                         })
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -66,17 +75,23 @@ pub(crate) fn connect(spec: &PortSpec, timeout: Duration, stop: Option<&AtomicBo
         Role::Server => {
             if let Ok(md) = std::fs::symlink_metadata(path) {
                 if !md.file_type().is_socket() {
-                    bail!("port {}: {} exists and is not a socket", spec.name, path.display());
+                    bail!(
+                        "port {}: {} exists and is not a socket",
+                        spec.name,
+                        path.display()
+                    );
                 }
-                std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing stale {}", path.display()))?;
             }
             if let Some(dir) = path.parent() {
                 if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                 }
             }
-            let listener =
-                UnixListener::bind(path).with_context(|| format!("port {}: listening on {}", spec.name, path.display()))?;
+            let listener = UnixListener::bind(path)
+                .with_context(|| format!("port {}: listening on {}", spec.name, path.display()))?;
             listener.set_nonblocking(true)?;
             let deadline = Instant::now() + timeout;
             let accepted = loop {
@@ -112,7 +127,9 @@ pub(crate) fn negotiate(mut fe: Frontend, extra: u64, name: &str) -> anyhow::Res
     let offered = fe.get_features().with_context(|| ctx("GET_FEATURES"))?;
     let mut protocol = 0;
     if offered & PROTOCOL_FEATURES != 0 {
-        let p = fe.get_protocol_features().with_context(|| ctx("GET_PROTOCOL_FEATURES"))?;
+        let p = fe
+            .get_protocol_features()
+            .with_context(|| ctx("GET_PROTOCOL_FEATURES"))?;
         protocol = p & WANTED_PROTOCOL;
         fe.set_protocol_features(protocol, false)
             .with_context(|| ctx("SET_PROTOCOL_FEATURES"))?;
@@ -128,18 +145,20 @@ pub(crate) fn negotiate(mut fe: Frontend, extra: u64, name: &str) -> anyhow::Res
     if offered & F_VERSION_1 == 0 {
         tracing::warn!("port {name}: backend does not offer VERSION_1 (features {offered:#x}); using legacy headers");
     }
-    fe.set_features(features, false).with_context(|| ctx("SET_FEATURES"))?;
+    fe.set_features(features, false)
+        .with_context(|| ctx("SET_FEATURES"))?;
     let mut s = Session {
         fe,
         features,
         protocol,
         kick,
-        call,
+        _call: call,
     };
     if s.has(P::STATUS) {
         let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
         let ack = s.has(P::REPLY_ACK);
-        s.fe.set_status(st, ack).with_context(|| ctx("SET_STATUS(FEATURES_OK)"))?;
+        s.fe.set_status(st, ack)
+            .with_context(|| ctx("SET_STATUS(FEATURES_OK)"))?;
         let got = s.fe.get_status().with_context(|| ctx("GET_STATUS"))?;
         if got & u64::from(STATUS_FEATURES_OK) == 0 {
             bail!("port {name}: backend refused features {features:#x} (status {got:#x} lacks FEATURES_OK)");
@@ -150,7 +169,13 @@ pub(crate) fn negotiate(mut fe: Frontend, extra: u64, name: &str) -> anyhow::Res
 
 /// Hands the memory and the rings to the backend and starts them (the driver has
 /// initialized the rings and posted its RX buffers).
-pub(crate) fn start(s: &mut Session, mem: &SharedMemory, rx: &Vring, tx: &Vring, name: &str) -> anyhow::Result<()> {
+pub(crate) fn start(
+    s: &mut Session,
+    mem: &SharedMemory,
+    rx: &Vring,
+    tx: &Vring,
+    name: &str,
+) -> anyhow::Result<()> {
     let ctx = |what: &str| format!("port {name}: {what}");
     let ack = s.has(P::REPLY_ACK);
     s.fe.set_mem_table(&[(mem.region(), mem.fd())], ack)
@@ -168,7 +193,8 @@ pub(crate) fn start(s: &mut Session, mem: &SharedMemory, rx: &Vring, tx: &Vring,
     }
     if s.has(P::STATUS) {
         let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        s.fe.set_status(st, ack).with_context(|| ctx("SET_STATUS(DRIVER_OK)"))?;
+        s.fe.set_status(st, ack)
+            .with_context(|| ctx("SET_STATUS(DRIVER_OK)"))?;
     }
     Ok(())
 }

@@ -173,12 +173,23 @@ impl Ticker {
         for (k, d) in e.dirs.iter().enumerate() {
             let (s, l) = (snaps[k], self.last.get(k).copied().unwrap_or_default());
             let (pkts, bytes) = if d.rx.is_some() {
-                (s.unique - l.unique.min(s.unique), s.rx_bytes.saturating_sub(l.rx_bytes))
+                (
+                    s.unique - l.unique.min(s.unique),
+                    s.rx_bytes.saturating_sub(l.rx_bytes),
+                )
             } else {
-                (s.sent.saturating_sub(l.sent), s.sent_bytes.saturating_sub(l.sent_bytes))
+                (
+                    s.sent.saturating_sub(l.sent),
+                    s.sent_bytes.saturating_sub(l.sent_bytes),
+                )
             };
             let gbps = (bytes + pkts * WIRE_OVERHEAD) as f64 * 8.0 / dt / 1e9;
-            line += &format!(" | {} {:.3} Mpps {:.2} Gbps", e.dir_name(d), pkts as f64 / dt / 1e6, gbps);
+            line += &format!(
+                " | {} {:.3} Mpps {:.2} Gbps",
+                e.dir_name(d),
+                pkts as f64 / dt / 1e6,
+                gbps
+            );
             if d.rx.is_some() {
                 line += &format!(" loss {}", s.holes);
             }
@@ -248,7 +259,9 @@ impl<'c, 'm> Engine<'c, 'm> {
                     s.sent = g.sent;
                     s.sent_bytes = g.sent_bytes;
                 }
-                if let Some(r) = d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref()) {
+                if let Some(r) =
+                    d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref())
+                {
                     let c = r.seq.counts();
                     s.unique = c.unique;
                     s.holes = c.holes;
@@ -298,12 +311,23 @@ impl<'c, 'm> Engine<'c, 'm> {
     }
 
     /// Traffic for `dur` at `rate` per stream; returns the nanoseconds it lasted.
-    fn phase(&mut self, dur: Duration, rate: Option<f64>, ticker: &mut Ticker, label: &str, hook: &mut dyn FnMut()) -> u64 {
+    fn phase(
+        &mut self,
+        dur: Duration,
+        rate: Option<f64>,
+        ticker: &mut Ticker,
+        label: &str,
+        hook: &mut dyn FnMut(),
+    ) -> u64 {
         self.set_tx(rate, true);
         let start = now_ns();
         let end = start.saturating_add(dur.as_nanos().min(u128::from(u64::MAX)) as u64);
         let mut tick = start + 1_000_000_000;
-        ticker.start(start, self.snapshot(), self.ports.iter().map(|p| p.c.rx_packets).collect());
+        ticker.start(
+            start,
+            self.snapshot(),
+            self.ports.iter().map(|p| p.c.rx_packets).collect(),
+        );
         loop {
             let now = now_ns();
             if now >= end || self.stopped() {
@@ -380,11 +404,21 @@ impl<'c, 'm> Engine<'c, 'm> {
     }
 
     fn streams(&self) -> usize {
-        self.dirs.iter().filter(|d| d.tx.is_some() && d.rx.is_some()).count().max(1)
+        self.dirs
+            .iter()
+            .filter(|d| d.tx.is_some() && d.rx.is_some())
+            .count()
+            .max(1)
     }
 
     /// One RFC 2544 trial at `rate` per direction.
-    fn trial(&mut self, search: &str, rate: Option<f64>, ticker: &mut Ticker, hook: &mut dyn FnMut()) -> Rfc2544Step {
+    fn trial(
+        &mut self,
+        search: &str,
+        rate: Option<f64>,
+        ticker: &mut Ticker,
+        hook: &mut dyn FnMut(),
+    ) -> Rfc2544Step {
         let before = self.snapshot();
         let label = match rate {
             Some(r) => format!(" {search} {:.3} Mpps", r / 1e6),
@@ -406,10 +440,18 @@ impl<'c, 'm> Engine<'c, 'm> {
         let n = self.streams() as f64;
         let offered = rate.map_or(sent, |r| ((r * secs * n) as u64).max(sent));
         let loss = offered.saturating_sub(received);
-        let loss_frac = if offered == 0 { 1.0 } else { loss as f64 / offered as f64 };
+        let loss_frac = if offered == 0 {
+            1.0
+        } else {
+            loss as f64 / offered as f64
+        };
         let passed = match search {
             "pdr" => offered > 0 && loss_frac <= self.cfg.rfc2544.pdr_loss,
-            _ => offered > 0 && received == sent && (offered - sent) as f64 <= NDR_SHORTFALL * offered as f64,
+            _ => {
+                offered > 0
+                    && received == sent
+                    && (offered - sent) as f64 <= NDR_SHORTFALL * offered as f64
+            }
         };
         Rfc2544Step {
             search: search.into(),
@@ -450,8 +492,16 @@ impl<'c, 'm> Engine<'c, 'm> {
             }
             lo
         };
-        let ndr = if first_ndr { hi0 } else { search(self, "ndr", 0.0, &mut steps) };
-        let pdr = if first_pdr { hi0 } else { search(self, "pdr", ndr, &mut steps) };
+        let ndr = if first_ndr {
+            hi0
+        } else {
+            search(self, "ndr", 0.0, &mut steps)
+        };
+        let pdr = if first_pdr {
+            hi0
+        } else {
+            search(self, "pdr", ndr, &mut steps)
+        };
         let frame = self.avg_frame();
         let gbps = |pps: f64| pps * (frame + WIRE_OVERHEAD as f64) * 8.0 / 1e9;
         Rfc2544Report {
@@ -471,7 +521,11 @@ impl<'c, 'm> Engine<'c, 'm> {
 
     fn avg_frame(&self) -> f64 {
         let (sizes, pattern) = classes(&self.cfg.size);
-        pattern.iter().map(|&c| sizes[usize::from(c)] as f64).sum::<f64>() / pattern.len() as f64
+        pattern
+            .iter()
+            .map(|&c| sizes[usize::from(c)] as f64)
+            .sum::<f64>()
+            / pattern.len() as f64
     }
 
     /// The report of everything so far.
@@ -481,7 +535,8 @@ impl<'c, 'm> Engine<'c, 'm> {
         let mut known = vec![[false; 256]; self.ports.len()];
         let one = |d: &Direction| {
             let g = d.tx.and_then(|t| self.ports[t].tx.as_ref());
-            let r = d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref());
+            let r =
+                d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref());
             let c = r.map(|r| r.seq.counts()).unwrap_or_default();
             let sent = g.map(|g| g.sent);
             let lost = match (sent, d.rx) {
@@ -506,13 +561,21 @@ impl<'c, 'm> Engine<'c, 'm> {
                 received: c.received,
                 unique: c.unique,
                 lost,
-                loss_pct: if expected == 0 { 0.0 } else { lost as f64 * 100.0 / expected as f64 },
+                loss_pct: if expected == 0 {
+                    0.0
+                } else {
+                    lost as f64 * 100.0 / expected as f64
+                },
                 reordered: c.reordered,
                 duplicated: c.duplicated,
                 corrupted: r.map_or(0, |r| r.corrupted),
                 tx_mpps,
                 rx_mpps,
-                mpps: if d.rx.is_some() { rx_mpps } else { tx_mpps.unwrap_or(0.0) },
+                mpps: if d.rx.is_some() {
+                    rx_mpps
+                } else {
+                    tx_mpps.unwrap_or(0.0)
+                },
                 gbps: l2 + (pkts * WIRE_OVERHEAD) as f64 * 8.0 / secs / 1e9,
                 gbps_l2: l2,
                 duration_s: secs,
@@ -527,8 +590,8 @@ impl<'c, 'm> Engine<'c, 'm> {
         }
         let configured = directions.len();
         for (r, p) in self.ports.iter().enumerate() {
-            for s in 0..256 {
-                if p.dirs[s].is_some() && !known[r][s] {
+            for (s, d) in p.dirs.iter().enumerate() {
+                if d.is_some() && !known[r][s] {
                     let d = Direction {
                         stream: s as u8,
                         tx: None,
@@ -591,7 +654,11 @@ impl<'c, 'm> Engine<'c, 'm> {
             duration_s: self.traffic_ns as f64 / 1e9,
             drain_s: self.drain_ns as f64 / 1e9,
             wire_overhead_bytes: WIRE_OVERHEAD,
-            mpps_per_direction: if main.is_empty() { 0.0 } else { total / main.len() as f64 },
+            mpps_per_direction: if main.is_empty() {
+                0.0
+            } else {
+                total / main.len() as f64
+            },
             total_mpps: total,
             directions,
             ports,

@@ -156,7 +156,9 @@ impl Template {
         let sport = (UDP_SRC_BASE + u16::from(stream)).to_be_bytes();
         let dport = UDP_DST_PORT.to_be_bytes();
         let ulen = ((len - OFF_UDP) as u16).to_be_bytes();
-        h[OFF_UDP..OFF_SEQ].copy_from_slice(&[sport[0], sport[1], dport[0], dport[1], ulen[0], ulen[1], 0, 0]);
+        h[OFF_UDP..OFF_SEQ].copy_from_slice(&[
+            sport[0], sport[1], dport[0], dport[1], ulen[0], ulen[1], 0, 0,
+        ]);
         let mut t = Template {
             len,
             stream,
@@ -260,7 +262,8 @@ pub fn parse(head: &[u8], len: usize) -> Parsed {
         return Parsed::Foreign;
     }
     let be16 = |at: usize| u16::from_be_bytes([head[at], head[at + 1]]);
-    if be16(OFF_ETHERTYPE) != 0x0800 || head[OFF_IP + 9] != 17 || be16(OFF_UDP + 2) != UDP_DST_PORT {
+    if be16(OFF_ETHERTYPE) != 0x0800 || head[OFF_IP + 9] != 17 || be16(OFF_UDP + 2) != UDP_DST_PORT
+    {
         return Parsed::Foreign;
     }
     let sport = be16(OFF_UDP);
@@ -294,11 +297,17 @@ pub fn verify_full(frame: &[u8], stamp: &Stamp) -> bool {
     let csum = u16::from_be_bytes([frame[OFF_IP_CSUM], frame[OFF_IP_CSUM + 1]]);
     let tl = u16::from_be_bytes([frame[16], frame[17]]) as usize;
     let ulen = u16::from_be_bytes([frame[OFF_UDP + 4], frame[OFF_UDP + 5]]) as usize;
-    if ipv4_checksum(ip_hdr) != csum || tl != len - OFF_IP || ip_hdr[0] != 0x45 || ulen != len - OFF_UDP {
+    if ipv4_checksum(ip_hdr) != csum
+        || tl != len - OFF_IP
+        || ip_hdr[0] != 0x45
+        || ulen != len - OFF_UDP
+    {
         return false;
     }
     let src_port = frame[9];
-    if frame[6..12] != mac(src_port, stamp.flow) || frame[OFF_SRC_IP..OFF_DST_IP] != ip(src_port, stamp.flow) {
+    if frame[6..12] != mac(src_port, stamp.flow)
+        || frame[OFF_SRC_IP..OFF_DST_IP] != ip(src_port, stamp.flow)
+    {
         return false;
     }
     if len >= BODY_SUM_MIN {
@@ -327,7 +336,9 @@ mod tests {
     fn stamped_frames_parse_and_verify() {
         for len in [64, 71, 72, 100, 576, 1500, 9000] {
             let t = Template::new(len, 3, 3, 7).unwrap();
-            for (flow, seq, addresses) in [(0u16, 0u64, false), (5, 99, true), (65535, u64::MAX, true)] {
+            for (flow, seq, addresses) in
+                [(0u16, 0u64, false), (5, 99, true), (65535, u64::MAX, true)]
+            {
                 let f = frame(&t, flow, seq, 12345, addresses);
                 let st = Stamp {
                     stream: 3,
@@ -342,7 +353,10 @@ mod tests {
                     assert_eq!(&f[30..34], &ip(7, flow));
                 }
                 // The IP checksum is right whatever the flow.
-                assert_eq!(ipv4_checksum(&f[14..34]), u16::from_be_bytes([f[24], f[25]]));
+                assert_eq!(
+                    ipv4_checksum(&f[14..34]),
+                    u16::from_be_bytes([f[24], f[25]])
+                );
             }
         }
     }
@@ -368,7 +382,10 @@ mod tests {
             assert_eq!(ok, uncovered, "byte {i}");
         }
         // Truncation: the length is part of the check.
-        assert!(matches!(parse(&f[..HEAD_LEN], 199), Parsed::Corrupt(Some(1))));
+        assert!(matches!(
+            parse(&f[..HEAD_LEN], 199),
+            Parsed::Corrupt(Some(1))
+        ));
         // Not ours.
         let mut g = f.clone();
         g[36] = 0;

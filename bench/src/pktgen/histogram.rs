@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
 const EXACT: u64 = 2 * SUB;
-const BUCKETS: usize = ((64 - SUB_BITS) as usize) * SUB as usize;
+const BUCKETS: usize = ((64 - SUB_BITS + 1) as usize) * SUB as usize;
 
 /// Latency percentiles in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -148,7 +148,10 @@ mod tests {
                 assert_eq!(lo, p + 1, "bucket {i}");
             }
             assert!(lo <= hi);
-            assert!((hi - lo) as f64 <= lo as f64 / 31.0 + 0.5, "bucket {i}: {lo}..{hi}");
+            assert!(
+                (hi - lo) as f64 <= lo as f64 / 31.0 + 0.5,
+                "bucket {i}: {lo}..{hi}"
+            );
             prev_hi = Some(hi);
         }
         assert_eq!(prev_hi, Some(u64::MAX));

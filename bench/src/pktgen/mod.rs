@@ -109,13 +109,18 @@ impl FromStr for Mode {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(s))
             .map(|(_, m)| *m)
-            .ok_or_else(|| format!("unknown mode {s:?} (txonly, rxonly, loopback, pair, latency, rfc2544)"))
+            .ok_or_else(|| {
+                format!("unknown mode {s:?} (txonly, rxonly, loopback, pair, latency, rfc2544)")
+            })
     }
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Mode::ALL.iter().find(|(_, m)| m == self).map_or("?", |(n, _)| n);
+        let name = Mode::ALL
+            .iter()
+            .find(|(_, m)| m == self)
+            .map_or("?", |(n, _)| n);
         f.write_str(name)
     }
 }
@@ -192,7 +197,11 @@ impl FromStr for FrameSize {
             .parse()
             .map_err(|_| format!("frame size {s:?} is neither a number nor imix"))?;
         if !(frame::MIN_FRAME..=frame::MAX_FRAME).contains(&n) {
-            return Err(format!("frame size {n} not in {}..={}", frame::MIN_FRAME, frame::MAX_FRAME));
+            return Err(format!(
+                "frame size {n} not in {}..={}",
+                frame::MIN_FRAME,
+                frame::MAX_FRAME
+            ));
         }
         Ok(FrameSize::Fixed(n))
     }
@@ -355,21 +364,31 @@ impl Config {
         }
         let n = self.ports.len();
         if matches!(self.mode, Mode::Pair | Mode::Latency | Mode::Rfc2544) && n > 1 && n % 2 == 1 {
-            bail!("{} mode pairs ports (0-1, 2-3...): {n} ports given", self.mode);
+            bail!(
+                "{} mode pairs ports (0-1, 2-3...): {n} ports given",
+                self.mode
+            );
         }
         if self.mode == Mode::Pair && n == 1 {
             bail!("pair mode needs two ports (or use latency / rfc2544 against a reflector)");
         }
         if let FrameSize::Fixed(s) = self.size {
             if !(frame::MIN_FRAME..=frame::MAX_FRAME).contains(&s) {
-                bail!("frame size {s} not in {}..={}", frame::MIN_FRAME, frame::MAX_FRAME);
+                bail!(
+                    "frame size {s} not in {}..={}",
+                    frame::MIN_FRAME,
+                    frame::MAX_FRAME
+                );
             }
         }
         if !(1..=65536).contains(&self.flows) {
             bail!("flows {} not in 1..=65536", self.flows);
         }
         if !self.queue_size.is_power_of_two() || !(64..=32768).contains(&self.queue_size) {
-            bail!("queue size {} is not a power of two in 64..=32768", self.queue_size);
+            bail!(
+                "queue size {} is not a power of two in 64..=32768",
+                self.queue_size
+            );
         }
         if self.burst == 0 || self.burst > self.queue_size / 2 {
             bail!("burst {} not in 1..={}", self.burst, self.queue_size / 2);
@@ -383,7 +402,9 @@ impl Config {
             bail!("RX buffer size {} not in 64..=65536", self.rx_buf_size);
         }
         let r = &self.rfc2544;
-        if !(0.0..1.0).contains(&r.pdr_loss) || !(r.resolution > 0.0 && r.resolution < 1.0) {
+        let fractions =
+            (0.0..1.0).contains(&r.pdr_loss) && r.resolution > 0.0 && r.resolution < 1.0;
+        if !fractions {
             bail!("rfc2544 pdr loss / resolution must be fractions in (0, 1)");
         }
         Ok(())
@@ -405,7 +426,9 @@ impl Config {
 pub(crate) fn pin(core: Option<usize>, warnings: &mut Vec<String>) {
     let Some(id) = core else { return };
     let known = core_affinity::get_core_ids().unwrap_or_default();
-    if !known.iter().any(|c| c.id == id) || !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+    if !known.iter().any(|c| c.id == id)
+        || !core_affinity::set_for_current(core_affinity::CoreId { id })
+    {
         let w = format!("could not pin the generator to core {id}; running unpinned");
         tracing::warn!("{w}");
         warnings.push(w);
@@ -414,7 +437,12 @@ pub(crate) fn pin(core: Option<usize>, warnings: &mut Vec<String>) {
 
 /// Guest memory of `size` bytes per `huge`; guest physical addresses = user addresses (as
 /// DPDK's virtio_user does).
-pub(crate) fn alloc(size: usize, huge: HugePages, name: &str, warnings: &mut Vec<String>) -> anyhow::Result<SharedMemory> {
+pub(crate) fn alloc(
+    size: usize,
+    huge: HugePages,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<SharedMemory> {
     let mem = match huge {
         HugePages::Never => SharedMemory::new(size, HugePages::Never)?,
         HugePages::Require => SharedMemory::new(size, HugePages::Require)
@@ -464,8 +492,17 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     let mut ports = Vec::with_capacity(cfg.ports.len());
     for (i, spec) in cfg.ports.iter().enumerate() {
         let s = &mut sessions[i];
-        let (mut p, rx, tx) = PortRt::build(&mems[i], &plans[i], cfg, i as u8, &spec.name, roles[i], s.features, Kick::IfNeeded)
-            .with_context(|| format!("port {}: setting up rings and buffers", spec.name))?;
+        let (mut p, rx, tx) = PortRt::build(
+            &mems[i],
+            &plans[i],
+            cfg,
+            i as u8,
+            &spec.name,
+            roles[i],
+            s.features,
+            Kick::IfNeeded,
+        )
+        .with_context(|| format!("port {}: setting up rings and buffers", spec.name))?;
         p.net
             .set_kick_fds(Some(s.kick[0].try_clone()?), Some(s.kick[1].try_clone()?));
         attach::start(s, &mems[i], &rx, &tx, &spec.name)?;
@@ -491,7 +528,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     report.warnings.extend(warnings);
     for (s, spec) in sessions.iter_mut().zip(&cfg.ports) {
         if let Err(e) = attach::stop(s) {
-            report.warnings.push(format!("port {}: stopping the rings: {e:#}", spec.name));
+            report
+                .warnings
+                .push(format!("port {}: stopping the rings: {e:#}", spec.name));
         }
     }
     Ok(report)

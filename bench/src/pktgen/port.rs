@@ -55,7 +55,6 @@ pub(crate) struct PortRole {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub queue_size: u16,
-    pub hdr_len: usize,
     pub rx_buf: u32,
     pub rx_count: usize,
     pub classes: Vec<usize>,
@@ -80,14 +79,17 @@ impl Plan {
             (true, false) => usize::from(q),
             (true, true) => 2 * usize::from(q) + 2 * usize::from(cfg.burst),
         };
-        let tx_count = if role.tx_to.is_some() { usize::from(q) } else { 0 };
+        let tx_count = if role.tx_to.is_some() {
+            usize::from(q)
+        } else {
+            0
+        };
         let class_buf = sizes
             .iter()
             .map(|&s| align_up((hdr + s) as u64, 64) as u32)
             .collect();
         Plan {
             queue_size: q,
-            hdr_len: hdr,
             rx_buf,
             rx_count,
             classes: sizes,
@@ -98,7 +100,8 @@ impl Plan {
 
     fn rings_end(&self) -> u64 {
         let q = self.queue_size;
-        let one = vring::desc_table_size(q) + vring::avail_ring_size(q) + vring::used_ring_size(q) + 16;
+        let one =
+            vring::desc_table_size(q) + vring::avail_ring_size(q) + vring::used_ring_size(q) + 16;
         2 * one
     }
 
@@ -120,8 +123,6 @@ impl Plan {
 
 /// A transmitted stream's generator state.
 pub(crate) struct TxGen {
-    pub stream: u8,
-    pub dst: u8,
     pub active: bool,
     vary: bool,
     flows: u32,
@@ -185,7 +186,6 @@ pub(crate) struct PortInfo {
 /// One generator port at run time.
 pub(crate) struct PortRt<'m> {
     pub name: String,
-    pub idx: u8,
     pub net: ZcNet<'m>,
     pub info: PortInfo,
     hdr: usize,
@@ -255,9 +255,7 @@ impl<'m> PortRt<'m> {
             }
             class_free.push(free);
         }
-        let tx_gen = role.tx_to.map(|dst| TxGen {
-            stream: idx,
-            dst,
+        let tx_gen = role.tx_to.map(|_| TxGen {
             active: false,
             vary: cfg.flows > 1,
             flows: cfg.flows.max(1),
@@ -275,7 +273,6 @@ impl<'m> PortRt<'m> {
         let verify = cfg.verify;
         let mut p = PortRt {
             name: name.to_string(),
-            idx,
             batch: net.rx_batch(HEAD_LEN),
             net,
             info: PortInfo::default(),
@@ -378,7 +375,9 @@ impl<'m> PortRt<'m> {
         let mut result = Ok(());
         while sent < n {
             let class = usize::from(g.pattern[g.pat]);
-            let Some(b) = class_free[class].pop() else { break };
+            let Some(b) = class_free[class].pop() else {
+                break;
+            };
             let t = &g.templates[class];
             t.stamp(&mut head, g.flow as u16, g.round, now, g.vary);
             let posted = mem
@@ -449,7 +448,8 @@ impl<'m> PortRt<'m> {
             c.rx_bytes += f.len as u64;
             match frame::parse(f.head, f.len) {
                 Parsed::Ok(st) => {
-                    let d = dirs[usize::from(st.stream)].get_or_insert_with(|| Box::new(DirRx::new(*flows)));
+                    let d = dirs[usize::from(st.stream)]
+                        .get_or_insert_with(|| Box::new(DirRx::new(*flows)));
                     d.seq.record(st.flow, st.seq);
                     d.bytes += f.len as u64;
                     d.hist.record(now.saturating_sub(st.ts));
@@ -505,7 +505,10 @@ impl<'m> PortRt<'m> {
 
     /// Sends a received frame back out, in place (its RX buffers become the TX chain).
     fn echo_one(net: &mut ZcNet<'m>, f: &RxFrame<'_>, hdr: usize, macswap: bool) -> bool {
-        if f.bufs.len() > MAX_TX_CHAIN || net.tx_room() < f.bufs.len() || f.bufs.iter().any(|&(_, l)| l == 0) {
+        if f.bufs.len() > MAX_TX_CHAIN
+            || net.tx_room() < f.bufs.len()
+            || f.bufs.iter().any(|&(_, l)| l == 0)
+        {
             return false;
         }
         let mem = net.mem();

@@ -48,7 +48,9 @@ pub fn round_trip_ns(a: usize, b: usize, iterations: u64, limit: Duration) -> Op
             let mut spins = 0u32;
             while flag.load(Ordering::Acquire) != 2 * i + 2 {
                 spins = spins.wrapping_add(1);
-                if spins % 4096 == 0 && (abort.load(Ordering::Relaxed) != 0 || Instant::now() > deadline) {
+                if spins & 4095 == 0
+                    && (abort.load(Ordering::Relaxed) != 0 || Instant::now() > deadline)
+                {
                     abort.store(1, Ordering::Relaxed);
                     return None;
                 }
@@ -69,6 +71,9 @@ mod tests {
                 assert!(ns > 1.0 && ns < 1e7, "{ns}");
             }
         }
-        assert_eq!(super::round_trip_ns(0, 100_000, 10, std::time::Duration::from_secs(1)), None);
+        assert_eq!(
+            super::round_trip_ns(0, 100_000, 10, std::time::Duration::from_secs(1)),
+            None
+        );
     }
 }

@@ -222,16 +222,23 @@ impl Report {
     /// Whether the run ended without a port error, loss, or corruption.
     pub fn clean(&self) -> bool {
         self.errors.is_empty()
-            && self.directions.iter().all(|d| d.lost == 0 && d.corrupted == 0)
-            && self.ports.iter().all(|p| p.rx_corrupted == 0 && p.rx_errors == 0)
+            && self
+                .directions
+                .iter()
+                .all(|d| d.lost == 0 && d.corrupted == 0)
+            && self
+                .ports
+                .iter()
+                .all(|p| p.rx_corrupted == 0 && p.rx_errors == 0)
     }
 
     /// A human-readable summary: one block per direction, one line per port.
     pub fn render_table(&self) -> String {
         let mut s = String::new();
-        let rate = self
-            .rate_pps
-            .map_or_else(|| "unlimited".to_string(), |r| format!("{r:.0} pps/direction"));
+        let rate = self.rate_pps.map_or_else(
+            || "unlimited".to_string(),
+            |r| format!("{r:.0} pps/direction"),
+        );
         let _ = writeln!(
             s,
             "vhost-pktgen {:?}: {} B frames (mean {:.1}), {} flow(s), burst {}, ring {}, rate {}, {:.2} s (+{:.2} s drain)",
@@ -249,7 +256,17 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{:<14} {:>12} {:>12} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-                "direction", "sent", "received", "lost", "loss%", "reordered", "dup", "corrupted", "Mpps", "Gbps", "Gbps-L2"
+                "direction",
+                "sent",
+                "received",
+                "lost",
+                "loss%",
+                "reordered",
+                "dup",
+                "corrupted",
+                "Mpps",
+                "Gbps",
+                "Gbps-L2"
             );
             for d in &self.directions {
                 let _ = writeln!(
@@ -304,7 +321,16 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<8} {:>12} {:>12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>6} {:>10}  features",
-            "port", "tx", "rx", "inflight", "foreign", "rx-err", "corrupt", "verified", "huge", "kicks"
+            "port",
+            "tx",
+            "rx",
+            "inflight",
+            "foreign",
+            "rx-err",
+            "corrupt",
+            "verified",
+            "huge",
+            "kicks"
         );
         for p in &self.ports {
             let _ = writeln!(
@@ -342,7 +368,8 @@ impl Report {
                     s,
                     "  {:<4} rate {:>14} sent {:>11} received {:>11} loss {:>8.4}% {}",
                     st.search,
-                    st.rate_pps.map_or_else(|| "unlimited".into(), |r| format!("{r:.0} pps")),
+                    st.rate_pps
+                        .map_or_else(|| "unlimited".into(), |r| format!("{r:.0} pps")),
                     st.sent,
                     st.received,
                     st.loss_pct,
