@@ -58,6 +58,10 @@ pub struct Config {
     pub max_mem_slots: u32,
     /// Seconds a learned MAC stays in the FDB without being seen.
     pub fdb_aging_secs: u64,
+    /// Guest memory one front-end may have mapped at once, in MiB.
+    pub max_guest_memory_mb: u64,
+    /// Ports the switch accepts in its configuration.
+    pub max_ports: usize,
 }
 
 /// A configuration that cannot run.
@@ -96,6 +100,8 @@ struct FileConfig {
     control_core: Option<usize>,
     max_mem_slots: Option<u32>,
     fdb_aging_secs: Option<u64>,
+    max_guest_memory_mb: Option<u64>,
+    max_ports: Option<usize>,
     #[serde(default, rename = "port")]
     ports: Vec<FilePort>,
 }
@@ -130,8 +136,14 @@ pub struct Overrides {
     pub max_mem_slots: Option<u32>,
     /// `--fdb-aging`.
     pub fdb_aging_secs: Option<u64>,
+    /// `--max-guest-memory-mb`.
+    pub max_guest_memory_mb: Option<u64>,
 }
 
+/// Default cap of guest memory per front-end: 64 GiB.
+pub const DEFAULT_MAX_GUEST_MEMORY_MB: u64 = 64 << 10;
+/// Default cap of ports.
+pub const DEFAULT_MAX_PORTS: usize = 256;
 /// Default lifetime of a learned FDB entry, as in most bridges.
 pub const DEFAULT_FDB_AGING_SECS: u64 = 300;
 /// Default and upper limit of memory regions per port.
@@ -294,6 +306,11 @@ impl Config {
                 .fdb_aging_secs
                 .or(file.fdb_aging_secs)
                 .unwrap_or(DEFAULT_FDB_AGING_SECS),
+            max_guest_memory_mb: flags
+                .max_guest_memory_mb
+                .or(file.max_guest_memory_mb)
+                .unwrap_or(DEFAULT_MAX_GUEST_MEMORY_MB),
+            max_ports: file.max_ports.unwrap_or(DEFAULT_MAX_PORTS),
         };
         config.validate(cpus)?;
         Ok(config)
@@ -355,6 +372,16 @@ impl Config {
                 "control core {} is also a PMD core; the control thread never runs on a PMD core",
                 self.control_core
             )));
+        }
+        if self.ports.len() > self.max_ports {
+            return Err(invalid(format!(
+                "{} ports exceed max_ports = {}",
+                self.ports.len(),
+                self.max_ports
+            )));
+        }
+        if self.max_guest_memory_mb == 0 {
+            return Err(invalid("max_guest_memory_mb must be at least 1"));
         }
         if self.fdb_aging_secs == 0 {
             return Err(invalid("fdb_aging_secs must be at least 1"));
@@ -437,6 +464,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("control core"));
+        let many = "max_ports = 1\n[[port]]\nname = \"a\"\nsocket = \"/a\"\n[[port]]\nname = \"b\"\nsocket = \"/b\"\n";
+        assert!(Config::from_toml(many, Overrides::default(), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("exceed max_ports"));
         let unknown = "[[port]]\nname = \"a\"\nsocket = \"/x\"\ncolour = 1\n";
         assert!(matches!(
             Config::from_toml(unknown, Overrides::default(), 2),

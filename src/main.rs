@@ -66,6 +66,9 @@ struct RunArgs {
     /// Memory regions a front-end may map per port (GET_MAX_MEM_SLOTS).
     #[arg(long, value_name = "N")]
     max_mem_slots: Option<u32>,
+    /// Guest memory (MiB) one front-end may have mapped at once.
+    #[arg(long, value_name = "MIB")]
+    max_guest_memory_mb: Option<u64>,
     /// Seconds a learned MAC stays in the FDB without being seen.
     #[arg(long = "fdb-aging", value_name = "SECS")]
     fdb_aging_secs: Option<u64>,
@@ -130,6 +133,7 @@ fn run(args: RunArgs) -> Result<()> {
         control_core: args.control_core,
         max_mem_slots: args.max_mem_slots,
         fdb_aging_secs: args.fdb_aging_secs,
+        max_guest_memory_mb: args.max_guest_memory_mb,
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     let shutdown = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
@@ -161,6 +165,7 @@ fn run(args: RunArgs) -> Result<()> {
         match Port::open(
             port_config.clone(),
             config.max_mem_slots,
+            config.max_guest_memory_mb << 20,
             Some((dataplane.clone(), index)),
         ) {
             Ok(port) => ports.push(port),

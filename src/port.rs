@@ -82,6 +82,7 @@ pub struct Port {
     /// Why the last session ended.
     pub last_end: Option<String>,
     max_mem_slots: u32,
+    max_memory: u64,
     dataplane: Option<(Arc<Dataplane>, usize)>,
 }
 
@@ -92,6 +93,7 @@ impl Port {
     pub fn open(
         config: PortConfig,
         max_mem_slots: u32,
+        max_memory: u64,
         dataplane: Option<(Arc<Dataplane>, usize)>,
     ) -> Result<Port, PortError> {
         let endpoint = match config.role {
@@ -110,6 +112,7 @@ impl Port {
             counters: SessionCounters::default(),
             last_end: None,
             max_mem_slots,
+            max_memory,
             dataplane,
         })
     }
@@ -120,6 +123,7 @@ impl Port {
             mac: self.config.mac,
             queue_pairs: self.config.queue_pairs,
             max_mem_slots: self.max_mem_slots,
+            max_memory: self.max_memory,
             dataplane: self.dataplane.clone(),
         }
     }

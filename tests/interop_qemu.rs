@@ -57,7 +57,7 @@ struct Image {
 }
 
 fn require(var: &str) -> bool {
-    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
+    std::env::var_os(var).is_some()
 }
 
 /// The guest, built on first use; `None` (after printing why) when QEMU interop cannot run.
@@ -380,42 +380,35 @@ impl Vm {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.exited().is_none() {
             if Instant::now() > deadline {
+                // Hung: SIGKILL (Drop reaps it).
                 if let Some(child) = self.child.borrow_mut().as_mut() {
                     let _ = child.kill();
                 }
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// A human monitor command (`stop`, `cont`, ...); returns QEMU's answer.
-    fn hmp(&self, command: &str) -> String {
+    /// A human monitor command (`stop`, `cont`, ...); returns once QEMU prompts again.
+    fn hmp(&self, command: &str) {
         let path = self.monitor.as_ref().expect("VM booted without a monitor");
         let mut s = UnixStream::connect(path).expect("connect to the QEMU monitor");
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let read_prompt = |s: &mut UnixStream, text: &mut String| {
-            let deadline = Instant::now() + Duration::from_secs(20);
+        let prompt = |s: &mut UnixStream| {
+            let mut text = String::new();
             let mut buf = [0u8; 4096];
+            let deadline = Instant::now() + Duration::from_secs(20);
             while !text.contains("(qemu) ") && Instant::now() < deadline {
                 if let Ok(n) = s.read(&mut buf) {
                     text.push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             }
         };
-        let mut banner = String::new();
-        read_prompt(&mut s, &mut banner);
+        prompt(&mut s);
         writeln!(s, "{command}").unwrap();
-        let mut answer = String::new();
-        // The echo of the command line comes first; the answer ends with a new prompt.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = [0u8; 4096];
-        while answer.matches("(qemu) ").count() < 1 && Instant::now() < deadline {
-            if let Ok(n) = s.read(&mut buf) {
-                answer.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
-        answer
+        prompt(&mut s);
     }
 }
 
@@ -925,12 +918,12 @@ fn qemu_three_guests_broadcast_floods_unicast_does_not() {
         c_end - c_before,
         c_after_arp - c_before
     ));
-    // 8 MiB is at least 5,500 full frames to B; C may see a few more ARP broadcasts
-    // (re-resolution) but not the stream.
+    // 8 MiB is at least 5,500 full frames to B. C sees A's ARP request (one frame here)
+    // and perhaps a re-resolution, but none of the stream.
     c.ensure(unicast >= 8 * 1024 * 1024 / 1514, || {
         format!("B got only {unicast} frames")
     });
-    c.ensure(c_end - c_before <= 8, || {
+    c.ensure(c_end - c_before <= 4, || {
         format!(
             "C's port delivered {} frames while A sent {unicast} unicast frames to B: unicast was flooded\nstats: {}",
             c_end - c_before,
@@ -1272,11 +1265,13 @@ fn qemu_pause_and_resume_keeps_traffic() {
             .count()
     };
     c.wait("3 replies to vm-b's pings", 240, |c| oks(c, 0) >= 3);
-    c.note(format!("stop: {:?}", c.vms[b].hmp("stop")));
+    c.vms[b].hmp("stop");
+    c.note("monitor: stop");
     c.wait_log("ring stopped port=p1 ring=1", 1);
     std::thread::sleep(Duration::from_secs(1));
     let n = ping_lines(&c.vms[b]).len();
-    c.note(format!("cont: {:?}", c.vms[b].hmp("cont")));
+    c.vms[b].hmp("cont");
+    c.note("monitor: cont");
     c.wait("3 replies after cont", 30, |c| oks(c, n) >= 3);
     let ports = c.switch().ctl("ports");
     c.ensure(!ports.to_string().contains("\"broken\":true"), || {

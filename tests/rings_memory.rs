@@ -391,3 +391,35 @@ fn r9_config_needs_the_config_protocol_feature_and_is_read_only() {
     assert!(matches!(fe2.get_config(0, 6, 0), Err(Error::Closed)));
     d.wait_log("protocol feature CONFIG was not negotiated");
 }
+
+#[test]
+fn r8_memory_beyond_the_port_limit_is_refused_before_mapping() {
+    let d = Daemon::start(&["p0"], &["--max-guest-memory-mb", "16"]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK | MEM_SLOTS, VERSION_1 | BIT30);
+    let maps = d.map_count();
+    // A sparse 1 TiB memfd: populating it would exhaust the host; it is never mapped.
+    // SAFETY: memfd_create returns a new descriptor or -1 (checked); File owns it.
+    let huge = unsafe {
+        let fd = libc::memfd_create(c"huge".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    huge.set_len(1 << 40).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_nack(fe.set_mem_table(
+        &[(region(0, 1 << 40, 0x1000_0000, 0), huge.as_raw_fd())],
+        true,
+    ));
+    // Two regions under the limit each but over it together.
+    let a = SharedMemory::new(12 << 20, HugePages::Never).unwrap();
+    let b = SharedMemory::new(12 << 20, HugePages::Never)
+        .unwrap()
+        .with_guest_phys_addr(1 << 30);
+    assert_eq!(d.map_count(), maps, "the refused table was mapped");
+    fe.add_mem_reg(&a.region(), a.fd(), true).unwrap();
+    let with_a = d.map_count();
+    assert_nack(fe.add_mem_reg(&b.region(), b.fd(), true));
+    assert_eq!(d.map_count(), with_a, "the refused region was mapped");
+    d.wait_log("exceed this port's limit of 16777216");
+}

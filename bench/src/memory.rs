@@ -142,6 +142,7 @@ impl SharedMemory {
     }
 
     /// The size of the mapping in bytes.
+    #[inline]
     pub fn size(&self) -> usize {
         self.size
     }
@@ -153,6 +154,7 @@ impl SharedMemory {
     }
 
     /// The guest physical base address chosen by the caller (default 0).
+    #[inline]
     pub fn guest_phys_addr(&self) -> u64 {
         self.guest_phys_addr
     }
@@ -185,6 +187,7 @@ impl SharedMemory {
         ))
     }
 
+    #[inline]
     fn check(&self, offset: u64, len: u64) -> Result<usize> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size as u64 => Ok(offset as usize),
@@ -197,6 +200,7 @@ impl SharedMemory {
     }
 
     /// Copies `data` into the memory at `offset`.
+    #[inline]
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let start = self.check(offset, data.len() as u64)?;
         // SAFETY: `check` proved `start + data.len() <= size`, so the destination lies in our
@@ -209,6 +213,7 @@ impl SharedMemory {
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`.
+    #[inline]
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let start = self.check(offset, buf.len() as u64)?;
         // SAFETY: `check` proved the source range lies in our live mapping; `buf` is a
@@ -229,6 +234,7 @@ impl SharedMemory {
     }
 
     /// Reads a `T` at `offset` (no alignment requirement).
+    #[inline]
     pub fn read_obj<T: ByteValued>(&self, offset: u64) -> Result<T> {
         let start = self.check(offset, std::mem::size_of::<T>() as u64)?;
         // SAFETY: the range is inside the mapping (checked above); `read_unaligned` has no

@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         mac: [2, 0, 0, 0, 0, 1],
         queue_pairs: 1,
         max_mem_slots: 8,
+        max_memory: 64 << 20,
         dataplane: None,
     };
     let mut session = Session::new(be, cfg).unwrap();

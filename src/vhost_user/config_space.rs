@@ -36,6 +36,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 9],
             queue_pairs: 3,
             max_mem_slots: 8,
+            max_memory: 1 << 30,
             dataplane: None,
         };
         let s = encode(&cfg, true);

@@ -50,6 +50,9 @@ pub struct DeviceConfig {
     pub queue_pairs: u16,
     /// Memory regions allowed (GET_MAX_MEM_SLOTS; SET_MEM_TABLE is capped at 8 by the spec).
     pub max_mem_slots: u32,
+    /// Bytes of guest memory a front-end may have mapped at once (mappings are populated,
+    /// so this bounds the memory a front-end can make the switch allocate).
+    pub max_memory: u64,
     /// Where snapshots go: the data plane and this port's index in it.
     pub dataplane: Option<(Arc<Dataplane>, usize)>,
 }
@@ -61,6 +64,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("mac", &self.mac)
             .field("queue_pairs", &self.queue_pairs)
             .field("max_mem_slots", &self.max_mem_slots)
+            .field("max_memory", &self.max_memory)
             .field("dataplane_port", &self.dataplane.as_ref().map(|(_, p)| *p))
             .finish()
     }

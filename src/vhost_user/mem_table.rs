@@ -34,6 +34,21 @@ fn spec_of(r: &VhostUserMemoryRegion) -> RegionSpec {
 }
 
 impl NetDevice {
+    /// Refuses a table larger than the port's memory limit before anything is mapped.
+    fn check_memory_limit<'a>(
+        &self,
+        specs: impl Iterator<Item = &'a RegionSpec>,
+    ) -> Result<(), Violation> {
+        let requested = specs.fold(0u64, |sum, s| sum.saturating_add(s.size));
+        if requested > self.cfg.max_memory {
+            return Err(Violation::MemoryLimit {
+                requested,
+                limit: self.cfg.max_memory,
+            });
+        }
+        Ok(())
+    }
+
     fn need_mem_slots(&self) -> Result<(), Violation> {
         if self.protocol_features() & Proto::CONFIGURE_MEM_SLOTS.bits() == 0 {
             return Err(Violation::ProtocolFeatureMissing("CONFIGURE_MEM_SLOTS"));
@@ -93,6 +108,7 @@ impl NetDevice {
             })
             .collect();
         pmd::memory::check_disjoint(specs.iter().copied())?;
+        self.check_memory_limit(specs.iter())?;
         let mut regions = Vec::with_capacity(specs.len());
         for (spec, file) in specs.into_iter().zip(files.iter()) {
             regions.push(Arc::new(MappedRegion::map(spec, file)?));
@@ -116,7 +132,9 @@ impl NetDevice {
             return Err(Violation::RegionCount { count, max });
         }
         let existing = self.memory.regions().iter().map(|r| *r.spec());
-        pmd::memory::check_disjoint(existing.chain(std::iter::once(spec)))?;
+        pmd::memory::check_disjoint(existing.clone().chain(std::iter::once(spec)))?;
+        let all: Vec<RegionSpec> = existing.chain(std::iter::once(spec)).collect();
+        self.check_memory_limit(all.iter())?;
         let mut regions = self.memory.regions().to_vec();
         regions.push(Arc::new(MappedRegion::map(spec, &file)?));
         let memory = GuestMemoryMap::new(regions, max as usize)?;

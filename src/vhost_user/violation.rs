@@ -121,6 +121,14 @@ pub enum Violation {
         /// The limit.
         max: u32,
     },
+    /// R8: more guest memory than this port may map.
+    #[error("{requested} bytes of guest memory exceed this port's limit of {limit}")]
+    MemoryLimit {
+        /// Bytes the table would map.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// R8: REM_MEM_REG of a region that is not mapped.
     #[error("no mapped region matches gpa {gpa:#x} size {size:#x} user {user:#x}")]
     NoSuchRegion {
@@ -165,9 +173,11 @@ impl Violation {
                 "R6 ring state"
             }
             Ring { .. } | RingBase { .. } | RingAddrFlags { .. } | NoMemory => "R7 ring setup",
-            Memory(_) | RegionCount { .. } | NoSuchRegion { .. } | RingLosesMemory { .. } => {
-                "R8 memory table"
-            }
+            Memory(_)
+            | RegionCount { .. }
+            | NoSuchRegion { .. }
+            | RingLosesMemory { .. }
+            | MemoryLimit { .. } => "R8 memory table",
             Config(_) => "R9 config space",
         }
     }

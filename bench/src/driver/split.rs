@@ -87,6 +87,7 @@ impl Desc {
 }
 
 /// Stores descriptor `i` of a table viewed as u64 words (two per descriptor).
+#[inline]
 fn store_desc(table: &[AtomicU64], i: usize, d: Desc) {
     // Relaxed: published by the Release store of avail.idx.
     table[2 * i].store(d.addr.to_le(), Ordering::Relaxed);
@@ -204,6 +205,7 @@ impl<'m> SplitRing<'m> {
     }
 
     /// Writes descriptor `i` (`i < size`).
+    #[inline]
     pub(crate) fn write_desc(&self, i: u16, d: Desc) {
         store_desc(self.desc, usize::from(i), d)
     }
@@ -357,11 +359,13 @@ impl<'m> DriverQueue<'m> {
     }
 
     /// Free descriptors.
+    #[inline]
     pub fn num_free(&self) -> u16 {
         self.num_free
     }
 
     /// Chains added and not yet returned by the device.
+    #[inline]
     pub fn in_flight(&self) -> u16 {
         self.in_flight
     }
@@ -382,6 +386,7 @@ impl<'m> DriverQueue<'m> {
     }
 
     /// The device error that broke the queue, if any.
+    #[inline]
     pub fn broken(&self) -> Option<&DeviceError> {
         self.broken.as_ref()
     }
@@ -393,6 +398,7 @@ impl<'m> DriverQueue<'m> {
         self.broken = Some(e);
     }
 
+    #[inline]
     fn check_broken(&self) -> Result<()> {
         match &self.broken {
             Some(e) => Err(Error::Device(e.clone())),
@@ -482,6 +488,7 @@ impl<'m> DriverQueue<'m> {
     }
 
     /// Puts `head` in the next avail slot (not yet published) and records it.
+    #[inline]
     fn push_head(&mut self, head: u16, state: HeadState) {
         self.heads[usize::from(head)] = HeadState {
             avail_pos: self.next_avail,
@@ -538,6 +545,7 @@ impl<'m> DriverQueue<'m> {
     /// [`DriverQueue::publish`]); returns the head. The zero-copy fast path of
     /// [`DriverQueue::add_chain`]: no segment list to validate, nothing allocated.
     /// [`Error::QueueFull`] when no descriptor is free.
+    #[inline]
     pub fn add_buf(&mut self, gpa: u64, len: u32, writable: bool) -> Result<u16> {
         self.check_broken()?;
         if self.num_free == 0 {
@@ -615,6 +623,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Makes every chain added so far visible to the device: one `Release` store of
     /// avail.idx (pairs with the device's `Acquire` load of it).
+    #[inline]
     pub fn publish(&mut self) {
         if self.published != self.next_avail {
             self.ring
@@ -626,6 +635,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Whether the device wants a kick for what was published since the last decision
     /// (per the [`Kick`] mode). Resets the "published since" window.
+    #[inline]
     pub fn needs_kick(&mut self) -> bool {
         let new = self.published;
         let old = std::mem::replace(&mut self.kick_old, new);
@@ -654,6 +664,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Writes 1 to `kick` when [`DriverQueue::needs_kick`] says so; returns whether it did.
     /// A full eventfd counter (EAGAIN) counts as kicked: the device has a kick pending.
+    #[inline]
     pub fn kick_if_needed(&mut self, kick: &EventFd) -> Result<bool> {
         if !self.needs_kick() {
             return Ok(false);
@@ -686,6 +697,7 @@ impl<'m> DriverQueue<'m> {
         }
     }
 
+    #[inline]
     fn write_used_event(&self) {
         let event = if self.no_interrupt {
             self.last_used.wrapping_sub(1)
@@ -698,6 +710,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Reads used.idx (`Acquire`, once) and returns how many used entries are ready.
     /// used.idx further than the published chains in flight breaks the queue.
+    #[inline]
     pub fn used_pending(&mut self) -> Result<u16> {
         self.check_broken()?;
         // Acquire: pairs with the device's Release store of used.idx; the entries and the
@@ -722,6 +735,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Reads and validates the next used entry counted by the last `used_pending`, without
     /// consuming it.
+    #[inline]
     fn peek_used(&self) -> std::result::Result<Option<UsedElem>, DeviceError> {
         if self.last_used == self.shadow_used {
             return Ok(None);
@@ -756,6 +770,7 @@ impl<'m> DriverQueue<'m> {
     }
 
     /// Returns chain `id` to the free list and advances `last_used`.
+    #[inline]
     fn consume(&mut self, id: u16) {
         let h = &mut self.heads[usize::from(id)];
         h.in_flight = false;
@@ -785,6 +800,7 @@ impl<'m> DriverQueue<'m> {
     ///
     /// A used len larger than the chain's writable bytes returns the chain and fails with
     /// [`DeviceError::LenTooLarge`] (naming the head); other violations break the queue.
+    #[inline]
     pub fn pop_used(&mut self) -> Result<Option<UsedElem>> {
         self.check_broken()?;
         match self.peek_used() {
@@ -800,6 +816,7 @@ impl<'m> DriverQueue<'m> {
     /// Reads used.idx once and consumes up to `out.len()` used entries into `out`; returns
     /// how many. Entries before an invalid one are returned first; the invalid one fails
     /// the next call (see [`DriverQueue::pop_used`]).
+    #[inline]
     pub fn poll_used(&mut self, out: &mut [UsedElem]) -> Result<usize> {
         self.used_pending()?;
         let mut n = 0;

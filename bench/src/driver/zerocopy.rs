@@ -83,7 +83,12 @@ pub struct RxBatch {
     heads: Vec<u8>,
     peek: usize,
     capacity: usize,
+    /// Net header length of the last poll (the heads hold header + peek bytes).
+    hdr: usize,
 }
+
+/// Room for the net header in front of each head.
+const HDR_ROOM: usize = 16;
 
 impl RxBatch {
     /// A batch for up to `capacity` frames (and buffers), copying the first `peek` bytes of
@@ -93,9 +98,10 @@ impl RxBatch {
         RxBatch {
             metas: Vec::with_capacity(capacity),
             bufs: Vec::with_capacity(capacity),
-            heads: vec![0; capacity * peek],
+            heads: vec![0; capacity * (HDR_ROOM + peek)],
             peek,
             capacity,
+            hdr: 0,
         }
     }
 
@@ -119,15 +125,20 @@ impl RxBatch {
         self.bufs.clear();
     }
 
+    fn stride(&self) -> usize {
+        HDR_ROOM + self.peek
+    }
+
     fn full(&self) -> bool {
         self.metas.len() >= self.capacity || self.bufs.len() >= self.capacity
     }
 
     /// Frame `i` (`None` past the end).
+    #[inline]
     pub fn get(&self, i: usize) -> Option<RxFrame<'_>> {
         let m = self.metas.get(i)?;
         let (first, n) = (m.first as usize, m.nbufs as usize);
-        let head_start = i * self.peek;
+        let head_start = i * self.stride() + self.hdr;
         Some(RxFrame {
             len: m.len as usize,
             bufs: self.bufs.get(first..first + n).unwrap_or_default(),
@@ -240,6 +251,7 @@ impl<'m> ZcNet<'m> {
     }
 
     /// The memory.
+    #[inline]
     pub fn mem(&self) -> &'m SharedMemory {
         self.mem
     }
@@ -305,6 +317,7 @@ impl<'m> ZcNet<'m> {
         self.bufs.len()
     }
 
+    #[inline]
     fn buf(&self, id: BufId) -> Result<Buf> {
         self.bufs
             .get(id as usize)
@@ -313,6 +326,7 @@ impl<'m> ZcNet<'m> {
     }
 
     /// Offset of buffer `id` in the memory (0 for an unknown id).
+    #[inline]
     pub fn buf_offset(&self, id: BufId) -> u64 {
         self.bufs.get(id as usize).map_or(0, |b| b.offset)
     }
@@ -322,10 +336,12 @@ impl<'m> ZcNet<'m> {
         self.bufs.get(id as usize).map_or(0, |b| b.cap)
     }
 
+    #[inline]
     fn gpa(&self, offset: u64) -> u64 {
         self.mem.guest_phys_addr() + offset
     }
 
+    #[inline]
     fn take(&mut self, id: BufId, to: u8) -> Result<Buf> {
         let b = self.buf(id)?;
         let o = &mut self.owner[id as usize];
@@ -338,6 +354,7 @@ impl<'m> ZcNet<'m> {
         Ok(b)
     }
 
+    #[inline]
     fn kick(q: &mut DriverQueue<'m>, fd: Option<&EventFd>, stats: &mut ZcStats) {
         if let Some(fd) = fd {
             match q.kick_if_needed(fd) {
@@ -352,6 +369,7 @@ impl<'m> ZcNet<'m> {
     }
 
     /// Free RX descriptors.
+    #[inline]
     pub fn rx_room(&self) -> usize {
         usize::from(self.rx.num_free())
     }
@@ -363,6 +381,7 @@ impl<'m> ZcNet<'m> {
 
     /// Posts buffer `id` (all of it, device-writable) on the receive ring; visible after
     /// [`ZcNet::rx_publish`].
+    #[inline]
     pub fn rx_post(&mut self, id: BufId) -> Result<()> {
         let b = self.take(id, ON_RX)?;
         match self.rx.add_buf(self.gpa(b.offset), b.cap, true) {
@@ -378,6 +397,7 @@ impl<'m> ZcNet<'m> {
     }
 
     /// Publishes the RX buffers posted so far (one avail.idx store) and kicks if needed.
+    #[inline]
     pub fn rx_publish(&mut self) {
         self.rx.publish();
         Self::kick(&mut self.rx, self.rx_kick.as_ref(), &mut self.stats);
@@ -385,6 +405,7 @@ impl<'m> ZcNet<'m> {
 
     /// Pops one RX used entry: `Ok(Some((buf, len)))`, or `Err` with the buffer of a chain
     /// returned with a bad len (`Some`) or none (the queue broke).
+    #[inline]
     fn pop_rx(&mut self) -> PopRx {
         match self.rx.pop_used() {
             Ok(Some(u)) => {
@@ -407,6 +428,7 @@ impl<'m> ZcNet<'m> {
         }
     }
 
+    #[inline]
     fn push_frame(
         batch: &mut RxBatch,
         first: usize,
@@ -430,9 +452,10 @@ impl<'m> ZcNet<'m> {
     /// receive queue is an error once the frames before the breakage were returned.
     pub fn rx_poll(&mut self, batch: &mut RxBatch) -> Result<usize> {
         batch.clear();
+        batch.hdr = self.hdr_len;
         let mut left = self.rx.used_pending()?;
         let hdr = self.hdr_len;
-        let mut tmp = [0u8; MAX_PEEK + 16];
+        let stride = batch.stride();
         while left > 0 && !batch.full() {
             left -= 1;
             let first = batch.bufs.len();
@@ -469,7 +492,10 @@ impl<'m> ZcNet<'m> {
             }
             let off0 = self.bufs[b0 as usize].offset;
             let want = (len0 as usize).min(hdr + batch.peek);
-            self.mem.read(off0, &mut tmp[..want])?;
+            // The header and the first bytes go straight into this frame's head slot.
+            let slot = batch.metas.len() * stride;
+            let tmp = &mut batch.heads[slot..slot + want];
+            self.mem.read(off0, tmp)?;
             let num_buffers = if self.mrg {
                 let at = NUM_BUFFERS_OFFSET as usize;
                 u16::from_le_bytes([tmp[at], tmp[at + 1]])
@@ -533,10 +559,7 @@ impl<'m> ZcNet<'m> {
                 }
                 continue;
             }
-            let i = batch.metas.len();
             let head_len = (want - hdr).min(total as usize);
-            let slot = i * batch.peek;
-            batch.heads[slot..slot + head_len].copy_from_slice(&tmp[hdr..hdr + head_len]);
             Self::push_frame(batch, first, total as u32, head_len as u16, None);
         }
         Ok(batch.len())
@@ -569,17 +592,20 @@ impl<'m> ZcNet<'m> {
     }
 
     /// Free TX descriptors.
+    #[inline]
     pub fn tx_room(&self) -> usize {
         usize::from(self.tx.num_free())
     }
 
     /// TX chains posted and not yet reclaimed.
+    #[inline]
     pub fn tx_in_flight(&self) -> usize {
         usize::from(self.tx.in_flight())
     }
 
     /// Posts the first `len` bytes of buffer `id` (net header + frame, already written) as a
     /// one-descriptor TX chain; visible after [`ZcNet::tx_publish`].
+    #[inline]
     pub fn tx_post(&mut self, id: BufId, len: u32) -> Result<()> {
         let b = self.buf(id)?;
         if len == 0 || len > b.cap {
@@ -643,6 +669,7 @@ impl<'m> ZcNet<'m> {
     }
 
     /// Publishes the TX chains posted so far (one avail.idx store) and kicks if needed.
+    #[inline]
     pub fn tx_publish(&mut self) {
         self.tx.publish();
         Self::kick(&mut self.tx, self.tx_kick.as_ref(), &mut self.stats);
@@ -650,6 +677,7 @@ impl<'m> ZcNet<'m> {
 
     /// Takes back the TX chains the device used (used.idx read once per ring's worth) and
     /// hands each of their buffers to `f`; returns how many chains.
+    #[inline]
     pub fn tx_reclaim(&mut self, mut f: impl FnMut(BufId)) -> Result<usize> {
         let mut total = 0;
         loop {

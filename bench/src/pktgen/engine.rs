@@ -281,7 +281,7 @@ impl<'c, 'm> Engine<'c, 'm> {
                 continue;
             }
             let r = p
-                .rx_burst(now)
+                .rx_burst()
                 .and_then(|a| Ok(a + p.reclaim()?))
                 .and_then(|a| Ok(a + p.tx_burst(now)?));
             match r {

@@ -45,12 +45,14 @@ const OFF_CHECK: usize = 60;
 const BODY_SUM_MIN: usize = HEAD_LEN + 8;
 
 /// The MAC address of `flow` on `port`.
+#[inline]
 pub fn mac(port: u8, flow: u16) -> [u8; 6] {
     let f = flow.to_be_bytes();
     [0x02, 0x50, 0x47, port, f[0], f[1]]
 }
 
 /// The IPv4 address of `flow` on `port`.
+#[inline]
 pub fn ip(port: u8, flow: u16) -> [u8; 4] {
     let f = flow.to_be_bytes();
     [10, port, f[0], f[1]]
@@ -61,6 +63,7 @@ fn fill_byte(i: usize) -> u8 {
 }
 
 /// The header check word: a hash of the fields that change per packet and the length.
+#[inline]
 pub fn check(stream: u8, flow: u16, seq: u64, ts: u64, len: usize) -> u32 {
     let mut h = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ ts.rotate_left(23)
@@ -102,6 +105,7 @@ pub fn body_checksum(body: &[u8], len: usize) -> u64 {
     h ^ (h >> 32)
 }
 
+#[inline]
 fn ones_sum(words: &[u8], mut sum: u32) -> u32 {
     for w in words.chunks(2) {
         sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
@@ -109,6 +113,7 @@ fn ones_sum(words: &[u8], mut sum: u32) -> u32 {
     sum
 }
 
+#[inline]
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -248,6 +253,7 @@ pub enum Parsed {
     Foreign,
 }
 
+#[inline]
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);

@@ -43,6 +43,7 @@ impl Default for Histogram {
     }
 }
 
+#[inline]
 fn index(v: u64) -> usize {
     if v < EXACT {
         return v as usize;

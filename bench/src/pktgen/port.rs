@@ -7,6 +7,7 @@
 //! the whole frame is read only for the sampled (or `--verify all`) full check. Nothing is
 //! allocated per packet.
 
+use super::clock::now_ns;
 use super::frame::{self, Parsed, Template, HEAD_LEN, MAX_FRAME};
 use super::histogram::Histogram;
 use super::rate::RateLimiter;
@@ -412,9 +413,10 @@ impl<'m> PortRt<'m> {
     }
 
     /// Polls the receive ring once: counts, tracks and verifies what arrived (or echoes it),
-    /// then re-posts the free RX buffers.
+    /// then re-posts the free RX buffers. Latency is measured against a clock read right
+    /// after a non-empty poll.
     #[inline]
-    pub fn rx_burst(&mut self, now: u64) -> Result<usize> {
+    pub fn rx_burst(&mut self) -> Result<usize> {
         if !self.rx_on {
             return Ok(0);
         }
@@ -437,6 +439,7 @@ impl<'m> PortRt<'m> {
         if n == 0 {
             return Ok(0);
         }
+        let now = now_ns();
         let mut echoed = 0;
         for f in batch.iter() {
             if f.error.is_some() {
