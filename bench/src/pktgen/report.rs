@@ -157,9 +157,12 @@ pub struct SelftestReport {
     pub packets_per_s: f64,
     /// Wall time of the generator thread per received frame (ns).
     pub total_ns_per_packet: f64,
-    /// Null device time per frame, on the generator's thread (ns; 0 with 2 threads).
+    /// CPU time of the generator thread / wall time (below 1 when other processes took
+    /// the core).
+    pub cpu_share: f64,
+    /// Null device CPU time per frame, on the generator's thread (ns; 0 with 2 threads).
     pub backend_ns_per_packet: f64,
-    /// Generator time per frame: its TX, RX and reclaim work (ns).
+    /// Generator CPU time per frame: its TX, reclaim and RX work for one frame (ns).
     pub generator_ns_per_packet: f64,
     /// Generator ceiling implied: 1e3 / generator_ns_per_packet (Mpps, TX+RX of one frame).
     pub generator_mpps_ceiling: f64,
@@ -380,10 +383,11 @@ impl Report {
         if let Some(t) = &self.selftest {
             let _ = writeln!(
                 s,
-                "self-test ({} thread(s)): {:.3} Mpps received in all, {:.1} ns/packet in all, null device {:.1} ns, generator {:.1} ns/packet (TX+RX+reclaim) => ceiling ~{:.1} Mpps on one core",
+                "self-test ({} thread(s)): {:.3} Mpps received in all, {:.1} ns/packet wall (CPU share {:.0}%); CPU per packet: null device {:.1} ns, generator {:.1} ns (TX+reclaim+RX) => generator ceiling ~{:.1} Mpps on one core",
                 t.threads,
                 t.packets_per_s / 1e6,
                 t.total_ns_per_packet,
+                t.cpu_share * 100.0,
                 t.backend_ns_per_packet,
                 t.generator_ns_per_packet,
                 t.generator_mpps_ceiling

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 
-use super::clock::now_ns;
+use super::clock::{now_ns, thread_cpu_ns};
 use super::engine::{topology, Engine};
 use super::port::{Plan, PortInfo, PortRt};
 use super::report::{Report, SelftestReport};
@@ -69,6 +69,7 @@ pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
     let mut engine = Engine::new(&cfg, ports, dirs);
     let mut backend_ns = 0u64;
     let mut rfc = None;
+    let (wall0, cpu0) = (now_ns(), thread_cpu_ns());
     if threads <= 1 {
         let mut hook = || {
             let t0 = now_ns();
@@ -96,11 +97,14 @@ pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
             done.store(true, Ordering::Relaxed);
         });
     }
+    let (wall, cpu) = (
+        (now_ns() - wall0) as f64,
+        (thread_cpu_ns() - cpu0) as f64,
+    );
     let mut report = engine.report();
     report.rfc2544 = rfc;
     report.warnings.extend(warnings);
     let received: u64 = report.directions.iter().map(|d| d.unique).sum();
-    let busy_ns = (engine.traffic_ns + engine.drain_ns) as f64;
     let per = |ns: f64| {
         if received == 0 {
             0.0
@@ -108,18 +112,22 @@ pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
             ns / received as f64
         }
     };
-    let generator = per(busy_ns - backend_ns as f64);
+    // The thread's CPU time (preemption by other processes excluded), split between
+    // generator and null device in the proportion of wall time spent in each.
+    let backend_share = if wall > 0.0 {
+        (backend_ns as f64 / wall).min(1.0)
+    } else {
+        0.0
+    };
+    let generator = per(cpu * (1.0 - backend_share));
     report.selftest = Some(SelftestReport {
         threads: threads.clamp(1, 2),
         packets_per_s: received as f64 / (engine.traffic_ns as f64 / 1e9).max(1e-9),
-        total_ns_per_packet: per(busy_ns),
-        backend_ns_per_packet: per(backend_ns as f64),
+        total_ns_per_packet: per(wall),
+        cpu_share: if wall > 0.0 { cpu / wall } else { 0.0 },
+        backend_ns_per_packet: per(cpu * backend_share),
         generator_ns_per_packet: generator,
-        generator_mpps_ceiling: if generator > 0.0 {
-            1e3 / generator
-        } else {
-            0.0
-        },
+        generator_mpps_ceiling: if generator > 0.0 { 1e3 / generator } else { 0.0 },
     });
     Ok(report)
 }
