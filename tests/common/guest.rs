@@ -65,10 +65,21 @@ pub fn attach_with<'m>(
     mac: [u8; 6],
     enable: bool,
 ) -> Vm<'m> {
+    attach_fe(d.connect(name), mem, opts, buf_size, mac, enable)
+}
+
+/// Attaches a guest over an established connection (e.g. one a client-mode port made).
+pub fn attach_fe<'m>(
+    mut fe: Frontend,
+    mem: &'m SharedMemory,
+    opts: NetOptions,
+    buf_size: u32,
+    mac: [u8; 6],
+    enable: bool,
+) -> Vm<'m> {
     let layout = NetLayout::new(mem, 0, QUEUE_SIZE, buf_size).unwrap();
     let features = opts.features;
     let mut drv = NetDriver::new(mem, &layout, opts).unwrap();
-    let mut fe = d.connect(name);
     negotiate(&mut fe, REPLY_ACK | MQ | STATUS, features);
     fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();
     fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();

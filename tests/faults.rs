@@ -1,0 +1,204 @@
+//! Fault injection under load (issue: reliability): rings stopped and restarted during
+//! traffic, and the switch killed and replaced while its front-ends keep their memory.
+//! After each fault traffic resumes, counters conserve, and no frame arrives twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use bench::driver::frame::{self, local_mac};
+use bench::driver::net::NetOptions;
+use bench::frontend::Frontend;
+use common::guest::*;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Receives what is there, recording sequence numbers; panics on a duplicate.
+fn collect(b: &mut Vm<'_>, seen: &mut HashSet<u64>, want: usize, wait: Duration) {
+    for f in b.recv_n(want, wait) {
+        let seq = frame::verify(&f).expect("corrupted frame");
+        assert!(seen.insert(seq), "frame {seq} delivered twice");
+    }
+}
+
+#[test]
+fn vring_base_stop_start_cycles_during_traffic() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut seen = HashSet::new();
+    let mut seq = 0u64;
+    for cycle in 0..20 {
+        // Frames queued on p0's TX ring, some taken before the stop, some after the start.
+        let frames: Vec<Vec<u8>> = (0..48)
+            .map(|i| make_frame(100, b.mac, a.mac, seq + i))
+            .collect();
+        a.send_all(&frames);
+        seq += 48;
+        // QEMU stop/cont: GET_VRING_BASE stops both rings, SET_VRING_BASE + KICK restart.
+        let tx_base = a.fe.get_vring_base(1).unwrap();
+        let rx_base = a.fe.get_vring_base(0).unwrap();
+        a.fe.setup_vring(
+            0,
+            &a.layout.rx,
+            rx_base,
+            0,
+            Some(a.kicks[0].as_raw_fd()),
+            Some(a.calls[0].as_raw_fd()),
+            true,
+        )
+        .unwrap();
+        a.fe.setup_vring(
+            1,
+            &a.layout.tx,
+            tx_base,
+            0,
+            Some(a.kicks[1].as_raw_fd()),
+            Some(a.calls[1].as_raw_fd()),
+            true,
+        )
+        .unwrap();
+        a.fe.set_vring_enable(0, true, true).unwrap();
+        a.fe.set_vring_enable(1, true, true).unwrap();
+        a.wait_tx_done();
+        collect(&mut b, &mut seen, 48, WAIT);
+        assert_eq!(
+            seen.len() as u64,
+            seq,
+            "cycle {cycle}: frames lost across the stop"
+        );
+    }
+    assert_conservation(&d);
+}
+
+/// A front-end that listens (QEMU `server=on`, virtio_user `server=1`) and re-does the
+/// handshake on every new connection, resuming its rings at the used index in memory.
+struct ServerGuest<'m> {
+    listener: UnixListener,
+    vm: Option<Vm<'m>>,
+}
+
+fn accept(listener: &UnixListener) -> Frontend {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let mut fe = Frontend::from_stream(s).unwrap();
+                fe.set_timeout(TIMEOUT);
+                return fe;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("the switch never connected: {e}"),
+        }
+    }
+}
+
+/// Re-attaches an existing guest (memory, rings, driver state) over a new connection.
+fn reattach(vm: &mut Vm<'_>, mut fe: Frontend, mem: &bench::memory::SharedMemory) {
+    negotiate(&mut fe, REPLY_ACK | MQ | STATUS, GUEST_FEATURES);
+    fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();
+    fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();
+    for (i, ring) in [vm.layout.rx, vm.layout.tx].iter().enumerate() {
+        // The used index in memory is where the device got to (QEMU sends the same).
+        let mut used = [0u8; 2];
+        mem.read(ring.used_offset() + 2, &mut used).unwrap();
+        let base = u32::from(u16::from_le_bytes(used));
+        fe.setup_vring(
+            i as u32,
+            ring,
+            base,
+            0,
+            Some(vm.kicks[i].as_raw_fd()),
+            Some(vm.calls[i].as_raw_fd()),
+            true,
+        )
+        .unwrap();
+        fe.set_vring_enable(i as u32, true, true).unwrap();
+    }
+    vm.fe = fe;
+}
+
+#[test]
+fn switch_killed_and_restarted_with_client_ports_front_ends_keep_their_memory() {
+    let dir = temp_dir("restart");
+    let socks = [dir.join("fe0.sock"), dir.join("fe1.sock")];
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--mode".into(),
+        "xconnect".into(),
+        "--client".into(),
+        format!("c0={}", socks[0].display()),
+        "--client".into(),
+        format!("c1={}", socks[1].display()),
+    ];
+    let (m0, m1) = (memory(), memory());
+    let mut servers: Vec<ServerGuest<'_>> = socks
+        .iter()
+        .map(|s| ServerGuest {
+            listener: UnixListener::bind(s).unwrap(),
+            vm: None,
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut seq = 0u64;
+    for generation in 0..3 {
+        let d = Daemon::spawn(temp_dir(&format!("gen{generation}")), &args);
+        for (i, (srv, mem)) in servers.iter_mut().zip([&m0, &m1]).enumerate() {
+            let fe = accept(&srv.listener);
+            match srv.vm.as_mut() {
+                // First connection: a fresh guest.
+                None => {
+                    let opts = NetOptions {
+                        features: GUEST_FEATURES,
+                        ..NetOptions::default()
+                    };
+                    srv.vm = Some(attach_fe(
+                        fe,
+                        mem,
+                        opts,
+                        2048,
+                        local_mac(i as u32 + 1),
+                        true,
+                    ));
+                }
+                // The switch came back: same memory, rings and driver state.
+                Some(vm) => reattach(vm, fe, mem),
+            }
+        }
+        let [s0, s1] = servers.as_mut_slice() else {
+            unreachable!()
+        };
+        let (a, b) = (s0.vm.as_mut().unwrap(), s1.vm.as_mut().unwrap());
+        // Traffic, then kill the switch in the middle of the next batch.
+        for _ in 0..5 {
+            let frames: Vec<Vec<u8>> = (0..64)
+                .map(|i| make_frame(128, b.mac, a.mac, seq + i))
+                .collect();
+            a.send_all(&frames);
+            seq += 64;
+            a.wait_tx_done();
+            collect(b, &mut seen, 64, WAIT);
+        }
+        let frames: Vec<Vec<u8>> = (0..64)
+            .map(|i| make_frame(128, b.mac, a.mac, seq + i))
+            .collect();
+        a.send_all(&frames);
+        seq += 64;
+        drop(d); // SIGKILL, mid-traffic.
+        collect(b, &mut seen, 64, Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        seen.len() as u64 >= seq - 3 * 64,
+        "lost more than the batches in flight at the kills"
+    );
+}
