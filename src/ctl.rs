@@ -148,8 +148,18 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
         .pmd_totals()
         .into_iter()
         .map(|p| {
-            let assigned: Vec<String> = p.assigned.iter().map(|(n, r)| format!("{n}/ring{r}")).collect();
-            json!({ "core": p.core, "queues": assigned, "busy_cycles": p.busy_cycles, "idle_cycles": p.idle_cycles })
+            let assigned: Vec<String> = p
+                .assigned
+                .iter()
+                .map(|(n, r)| format!("{n}/ring{r}"))
+                .collect();
+            json!({
+                "core": p.core,
+                "queues": assigned,
+                "busy_cycles": p.busy_cycles,
+                "idle_cycles": p.idle_cycles,
+                "max_gap_cycles": p.max_gap_cycles,
+            })
         })
         .collect();
     json!({ "mode": format!("{:?}", dataplane.mode()).to_lowercase(), "ports": ports_json, "pmds": pmds })

@@ -72,6 +72,18 @@ fn vring_base_stop_start_cycles_during_traffic() {
             seq,
             "cycle {cycle}: frames lost across the stop"
         );
+        // The other way: p0's RX ring must resume where it stopped (GET_VRING_BASE of an
+        // RX ring reports its avail position too), not at its first base.
+        let back: Vec<Vec<u8>> = (0..16)
+            .map(|i| make_frame(80, a.mac, b.mac, 1_000_000 + cycle * 16 + i))
+            .collect();
+        b.send_all(&back);
+        b.wait_tx_done();
+        assert_eq!(
+            a.recv_n(16, WAIT).len(),
+            16,
+            "cycle {cycle}: p0 stopped receiving after the restart"
+        );
     }
     assert_conservation(&d);
 }

@@ -79,7 +79,7 @@ fn descriptors_rewritten_during_traffic_by_a_second_thread() {
                     }
                     let _ = mem.write(tx.desc_offset() + 16 * slot, &desc);
                     // Heads inside the table but for a rare one, which stops the ring.
-                    let head = if x % 4096 == 0 {
+                    let head = if x.is_multiple_of(4096) {
                         (x >> 16) as u16
                     } else {
                         (x >> 16) as u16 % QUEUE_SIZE

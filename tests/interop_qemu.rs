@@ -710,6 +710,14 @@ impl Case {
         });
     }
 
+    /// Both sides of a TCP transfer saw the same bytes.
+    fn check_md5(&self, send: &HashMap<String, String>, recv: &HashMap<String, String>) {
+        self.ensure(
+            recv.contains_key("md5") && recv.get("md5") == send.get("md5"),
+            || format!("md5 differs: sent {send:?}, received {recv:?}"),
+        );
+    }
+
     /// SIGKILL to the switch; keeps its log for the dump.
     fn kill_switch(&mut self) {
         let d = self
@@ -830,10 +838,7 @@ fn qemu_two_guests_ping_both_ways_and_tcp_transfer() {
         is(&recv, "bytes", &bytes) && is(&send, "bytes", &bytes),
         || format!("expected {bytes} bytes: sent {send:?}, received {recv:?}"),
     );
-    c.ensure(
-        recv.get("md5").is_some() && recv.get("md5") == send.get("md5"),
-        || format!("md5 differs: sent {send:?}, received {recv:?}"),
-    );
+    c.check_md5(&send, &recv);
     c.note(format!(
         "{TCP_MIB} MiB in {} s (guest clock)",
         recv.get("secs").map_or("?", String::as_str)
@@ -906,10 +911,7 @@ fn qemu_three_guests_broadcast_floods_unicast_does_not() {
     });
     let recv = c.result(vb, "tcp-recv", 300);
     let send = c.result(va, "tcp-send", 60);
-    c.ensure(
-        recv.get("md5").is_some() && recv.get("md5") == send.get("md5"),
-        || format!("md5 differs: sent {send:?}, received {recv:?}"),
-    );
+    c.check_md5(&send, &recv);
     let c_end = c.counter("p2", "tx_packets");
     let b_end = c.counter("p1", "tx_packets");
     let unicast = b_end - b_before;
@@ -1201,10 +1203,7 @@ fn qemu_guests_on_hugepages() {
     }
     let recv = c.result(a, "tcp-recv", 300);
     let send = c.result(b, "tcp-send", 60);
-    c.ensure(
-        recv.get("md5").is_some() && recv.get("md5") == send.get("md5"),
-        || format!("md5 differs: sent {send:?}, received {recv:?}"),
-    );
+    c.check_md5(&send, &recv);
     // The switch maps QEMU's hugetlbfs files (unlinked, hence "(deleted)").
     let maps =
         std::fs::read_to_string(format!("/proc/{}/maps", c.switch().pid())).unwrap_or_default();
@@ -1229,9 +1228,6 @@ fn qemu_guests_on_hugepages() {
 /// QEMU reads each ring's index with GET_VRING_BASE and hands it back with SET_VRING_BASE.
 /// Pings must resume after `cont`.
 #[test]
-#[ignore = "fails: GET_VRING_BASE returns the RX ring's start base (pmd/src/forward.rs never \
-            publishes last_avail for RX rings), so after `cont` the RX ring restarts at 0, \
-            is marked broken and the guest gets no more frames; run with --ignored"]
 fn qemu_pause_and_resume_keeps_traffic() {
     let _serial = serial();
     let Some(image) = image() else { return };

@@ -77,6 +77,9 @@ struct Pmd {
     stats: Vec<Vec<QueueStats>>,
     busy_cycles: AtomicU64,
     idle_cycles: AtomicU64,
+    /// Longest time between the starts of two loop iterations (a long one means the
+    /// thread was preempted, or one burst took that long).
+    max_gap_cycles: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,8 @@ pub struct PmdTotals {
     pub busy_cycles: u64,
     /// Cycles spent in iterations that found nothing.
     pub idle_cycles: u64,
+    /// Longest gap between two loop iterations, in cycles.
+    pub max_gap_cycles: u64,
 }
 
 /// Totals of one port, for output.
@@ -171,6 +176,7 @@ impl Dataplane {
                 stats: stats_shape(),
                 busy_cycles: AtomicU64::new(0),
                 idle_cycles: AtomicU64::new(0),
+                max_gap_cycles: AtomicU64::new(0),
             })
             .collect();
         let switch = Switch::new(cfg.mode, cfg.ports.len(), cfg.fdb_aging_secs);
@@ -319,6 +325,7 @@ impl Dataplane {
                     .collect(),
                 busy_cycles: pmd.busy_cycles.load(Ordering::Relaxed),
                 idle_cycles: pmd.idle_cycles.load(Ordering::Relaxed),
+                max_gap_cycles: pmd.max_gap_cycles.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -347,6 +354,8 @@ fn pmd_loop(shared: &Shared, me: usize) {
     let (mut busy, mut idle) = (0u64, 0u64);
     let mut iterations = 0u32;
     let mut now = shared.now_secs();
+    let mut last_start = cycles();
+    let mut max_gap = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let epoch = shared.epoch.load(Ordering::Acquire);
         if epoch != seen {
@@ -365,6 +374,12 @@ fn pmd_loop(shared: &Shared, me: usize) {
             pmd.seen_epoch.store(epoch, Ordering::Release);
         }
         let start = cycles();
+        let gap = start.wrapping_sub(last_start);
+        last_start = start;
+        if gap > max_gap {
+            max_gap = gap;
+            pmd.max_gap_cycles.store(gap, Ordering::Relaxed);
+        }
         let mut active = false;
         let mut work = 0;
         {

@@ -278,7 +278,7 @@ pub fn poll_tx<'a>(
     guard.publish_last_avail();
     drop(guard);
     if let Some(mut h) = held.take() {
-        flush_used(h.rx, h.guard.cursor());
+        flush_rx(h.rx, &mut h.guard);
     }
     flush_touched(scratch, ctx);
     taken
@@ -288,10 +288,16 @@ pub fn poll_tx<'a>(
 fn flush_touched(scratch: &mut Scratch, ctx: &Context<'_>) {
     for &(port, ring) in &scratch.touched {
         if let Some(Some(rx)) = ctx.ports[port].as_ref().and_then(|s| s.rings.get(ring)) {
-            let mut g = rx.shared.lock();
-            flush_used(rx, g.cursor());
+            flush_rx(rx, &mut rx.shared.lock());
         }
     }
+}
+
+/// Publishes an RX ring's used entries and its avail position (GET_VRING_BASE reports
+/// the position of every ring, RX included).
+fn flush_rx(rx: &RingRuntime, guard: &mut RingGuard<'_>) {
+    flush_used(rx, guard.cursor());
+    guard.publish_last_avail();
 }
 
 /// A destination RX ring whose busy flag this burst holds: consecutive frames to the same
@@ -345,7 +351,7 @@ fn deliver<'a>(
                 if scratch.touched.len() < scratch.touched.capacity() {
                     scratch.touched.push((port, ring_index));
                 } else {
-                    flush_used(h.rx, h.guard.cursor());
+                    flush_rx(h.rx, &mut h.guard);
                 }
             }
         }

@@ -122,6 +122,18 @@ pub(crate) fn file_page_size(file: &File) -> io::Result<u64> {
 }
 
 #[cfg(test)]
+pub(crate) fn test_memfd(len: u64) -> File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"pmd-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len).unwrap();
+    file
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -148,14 +160,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-pub(crate) fn test_memfd(len: u64) -> File {
-    use std::os::fd::FromRawFd;
-    // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"pmd-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create failed");
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}

@@ -129,6 +129,9 @@ struct SelftestArgs {
     /// 2: null device on a thread of its own (pinned to core + 1).
     #[arg(long, default_value_t = 1)]
     threads: u32,
+    /// pair, latency or rfc2544 (others run as pair).
+    #[arg(long, default_value = "pair")]
+    mode: Mode,
     #[command(flatten)]
     common: Common,
 }
@@ -260,7 +263,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
-    let cfg = config(&args.common)?;
+    let mut cfg = config(&args.common)?;
+    cfg.mode = args.mode;
     let report = pktgen::selftest(&cfg, args.threads)?;
     print_report(&report, args.common.json);
     Ok(if report.clean() {

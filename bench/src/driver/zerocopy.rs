@@ -697,3 +697,157 @@ impl<'m> ZcNet<'m> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::fake::FakeDevice;
+    use crate::memory::HugePages;
+    use crate::null_backend::{NullBackend, Route};
+    use crate::sequences::bits::F_VERSION_1;
+
+    const FEATURES: u64 = F_VERSION_1 | NET_F_MRG_RXBUF;
+
+    fn setup(mem: &SharedMemory) -> (ZcNet<'_>, Vring, Vring) {
+        let rx = Vring::new(mem, 0, 64).unwrap();
+        let tx = Vring::new(mem, rx.end_offset(), 64).unwrap();
+        (
+            ZcNet::new(mem, rx, tx, FEATURES, Kick::Never).unwrap(),
+            rx,
+            tx,
+        )
+    }
+
+    #[test]
+    fn prefilled_tx_buffers_loop_back_zero_copy_with_merged_rx() {
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let (mut net, rx, tx) = setup(&mem);
+        let rx_bufs: Vec<BufId> = (0..8)
+            .map(|i| net.add_buffer(0x10000 + i * 512, 512).unwrap())
+            .collect();
+        let tx_buf = net.add_buffer(0x20000, 4096).unwrap();
+        for &b in &rx_bufs {
+            net.rx_post(b).unwrap();
+        }
+        net.rx_publish();
+        assert_eq!(net.rx_posted(), 8);
+        let frame: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        mem.write(net.buf_offset(tx_buf), &[0u8; 12]).unwrap();
+        mem.write(net.buf_offset(tx_buf) + 12, &frame).unwrap();
+        net.tx_post(tx_buf, 1012).unwrap();
+        assert!(
+            net.tx_post(tx_buf, 1012).is_err(),
+            "a posted buffer cannot be posted again"
+        );
+        net.tx_publish();
+        let mut dev = NullBackend::new(8);
+        let p = dev.add_port(&mem, &rx, &tx, FEATURES).unwrap();
+        dev.set_route(p, Route::Port(p)).unwrap();
+        assert_eq!(dev.poll(), 1);
+        let mut back = Vec::new();
+        assert_eq!(net.tx_reclaim(|b| back.push(b)).unwrap(), 1);
+        assert_eq!(back, [tx_buf]);
+        let mut batch = net.rx_batch(64);
+        assert_eq!(net.rx_poll(&mut batch).unwrap(), 1);
+        let f = batch.get(0).unwrap();
+        assert!(f.error.is_none());
+        assert_eq!(f.len, 1000);
+        assert_eq!(f.bufs.len(), 2, "1012 bytes in 512-byte buffers");
+        assert_eq!((f.bufs[0].1, f.bufs[1].1), (512, 500));
+        assert_eq!(f.head, &frame[..64]);
+        let mut out = vec![0u8; 2000];
+        assert_eq!(net.read_frame(&f, &mut out).unwrap(), 1000);
+        assert_eq!(&out[..1000], &frame[..]);
+        assert!(net.read_frame(&f, &mut out[..999]).is_err());
+        // The frame's buffers are ours again: they can be re-posted, or sent as a chain.
+        let chain: Vec<(BufId, u32)> = f.bufs.to_vec();
+        net.tx_post_chain(&chain).unwrap();
+        net.tx_publish();
+        dev.poll();
+        let mut back = Vec::new();
+        net.tx_reclaim(|b| back.push(b)).unwrap();
+        assert_eq!(back, [chain[0].0, chain[1].0]);
+        assert_eq!(
+            net.rx_poll(&mut batch).unwrap(),
+            1,
+            "the chain came back as one frame"
+        );
+        assert_eq!(batch.get(0).unwrap().len, 1000);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let (mut net, _, _) = setup(&mem);
+        assert!(net.add_buffer(0, 0).is_err());
+        assert!(net.add_buffer((1 << 20) - 10, 11).is_err());
+        assert!(net.add_buffer(u64::MAX, 2).is_err());
+        let b = net.add_buffer(0x10000, 256).unwrap();
+        assert!(net.tx_post(b, 257).is_err());
+        assert!(net.tx_post(b, 0).is_err());
+        assert!(net.tx_post(99, 10).is_err());
+        assert!(net.rx_post(99).is_err());
+        assert!(net.tx_post_chain(&[]).is_err());
+        assert!(
+            net.tx_post_chain(&[(b, 10), (b, 10)]).is_err(),
+            "same buffer twice"
+        );
+        net.rx_post(b).unwrap();
+        assert!(net.rx_post(b).is_err());
+        let c = net.add_buffer(0x10100, 256).unwrap();
+        assert!(
+            net.tx_post_chain(&[(c, 10), (b, 10)]).is_err(),
+            "b is posted on RX"
+        );
+        assert_eq!(net.tx_in_flight(), 0);
+    }
+
+    #[test]
+    fn a_bad_num_buffers_comes_back_as_an_error_frame_with_its_buffer() {
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let (mut net, rx, _) = setup(&mem);
+        let bufs: Vec<BufId> = (0..4)
+            .map(|i| net.add_buffer(0x10000 + i * 2048, 2048).unwrap())
+            .collect();
+        for &b in &bufs {
+            net.rx_post(b).unwrap();
+        }
+        net.rx_publish();
+        let mut dev = FakeDevice::new(&mem, &rx);
+        // A good 100-byte frame, then one claiming 7 buffers with only 1 published.
+        assert!(dev.deliver(&[0xab; 100], 12, true));
+        let c = dev.pop().unwrap();
+        let mut hdr = [0u8; 12];
+        hdr[10] = 7;
+        dev.write_chain(&c, &hdr);
+        dev.push_used(u32::from(c.head), 80);
+        dev.publish_used();
+        let mut batch = net.rx_batch(64);
+        assert_eq!(net.rx_poll(&mut batch).unwrap(), 2);
+        let good = batch.get(0).unwrap();
+        assert!(good.error.is_none());
+        assert_eq!((good.len, good.head.len()), (100, 64));
+        let bad = batch.get(1).unwrap();
+        assert!(
+            matches!(
+                bad.error,
+                Some(DeviceError::BadNumBuffers { num_buffers: 7, .. })
+            ),
+            "{bad:?}"
+        );
+        assert_eq!(bad.bufs.len(), 1);
+        assert_eq!(net.stats().rx_errors, 1);
+        // Both buffers can be posted again.
+        let ids: Vec<BufId> = batch
+            .iter()
+            .flat_map(|f| f.bufs.iter().map(|&(b, _)| b))
+            .collect();
+        for b in ids {
+            net.rx_post(b).unwrap();
+        }
+        // A used id the driver never posted breaks the queue: an error, not a panic.
+        dev.push_used(63, 0);
+        dev.publish_used();
+        assert!(net.rx_poll(&mut batch).is_err());
+    }
+}

@@ -201,11 +201,185 @@ pub(crate) fn start(
 
 /// Stops the rings (best effort): SET_VRING_ENABLE 0, GET_VRING_BASE. Returns the bases.
 pub(crate) fn stop(s: &mut Session) -> anyhow::Result<[u32; 2]> {
-    s.fe.set_timeout(Duration::from_secs(1));
+    s.fe.set_timeout(Duration::from_secs(5));
     if s.features & PROTOCOL_FEATURES != 0 {
         for i in 0..2 {
             s.fe.set_vring_enable(i, false, false)?;
         }
     }
     Ok([s.fe.get_vring_base(0)?, s.fe.get_vring_base(1)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::thread::JoinHandle;
+
+    use vhost::vhost_user::message::FrontendReq as R;
+
+    use super::*;
+    use crate::memory::HugePages;
+    use crate::payload;
+    use crate::wire::testpeer::{recv_msg, reply};
+    use crate::wire::FLAG_NEED_REPLY;
+
+    /// A scripted backend: answers GETs, acks NEED_REPLY, keeps the status (masked).
+    fn backend(
+        features: u64,
+        protocol: u64,
+        status_mask: u64,
+    ) -> (UnixStream, JoinHandle<Vec<(u32, bool)>>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut status = 0u64;
+            while let Some(m) = recv_msg(&b) {
+                let need_reply = m.flags & FLAG_NEED_REPLY != 0;
+                seen.push((m.request, need_reply));
+                let answer = match R::try_from(m.request) {
+                    Ok(R::GET_FEATURES) => Some(features.to_ne_bytes().to_vec()),
+                    Ok(R::GET_PROTOCOL_FEATURES) => Some(protocol.to_ne_bytes().to_vec()),
+                    Ok(R::GET_STATUS) => Some(status.to_ne_bytes().to_vec()),
+                    Ok(R::GET_VRING_BASE) => {
+                        let i = payload::read_u32(&m.payload, 0).unwrap();
+                        Some(payload::vring_state(i, 7 + i).to_vec())
+                    }
+                    _ => {
+                        if m.request == u32::from(R::SET_STATUS) {
+                            status = payload::read_u64(&m.payload, 0).unwrap() & status_mask;
+                        }
+                        need_reply.then(|| 0u64.to_ne_bytes().to_vec())
+                    }
+                };
+                if let Some(p) = answer {
+                    reply(&b, m.request, &p);
+                }
+            }
+            seen
+        });
+        (a, t)
+    }
+
+    const OFFERED: u64 =
+        F_VERSION_1 | NET_F_MRG_RXBUF | PROTOCOL_FEATURES | RING_F_EVENT_IDX | NET_F_CSUM;
+    const PROTOCOL: u64 = P::MQ.bits() | P::REPLY_ACK.bits() | P::STATUS.bits() | P::CONFIG.bits();
+
+    #[test]
+    fn handshake_follows_virtio_user_order_and_takes_what_it_needs() {
+        let (sock, t) = backend(OFFERED, PROTOCOL, u64::MAX);
+        let fe = Frontend::from_stream(sock).unwrap();
+        let mut s = negotiate(fe, 0, "t").unwrap();
+        assert_eq!(
+            s.features,
+            F_VERSION_1 | NET_F_MRG_RXBUF | PROTOCOL_FEATURES
+        );
+        assert_eq!(s.protocol, WANTED_PROTOCOL);
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let rx = Vring::new(&mem, 0, 256).unwrap();
+        let tx = Vring::new(&mem, rx.end_offset(), 256).unwrap();
+        start(&mut s, &mem, &rx, &tx, "t").unwrap();
+        assert_eq!(stop(&mut s).unwrap(), [7, 8]);
+        drop(s);
+        let seen = t.join().unwrap();
+        let mut want = vec![
+            (R::SET_OWNER, false),
+            (R::GET_FEATURES, false),
+            (R::GET_PROTOCOL_FEATURES, false),
+            (R::SET_PROTOCOL_FEATURES, false),
+            (R::SET_VRING_CALL, false),
+            (R::SET_VRING_CALL, false),
+            (R::SET_FEATURES, false),
+            (R::SET_STATUS, true),
+            (R::GET_STATUS, false),
+            (R::SET_MEM_TABLE, true),
+        ];
+        for _ in 0..2 {
+            for r in [
+                R::SET_VRING_NUM,
+                R::SET_VRING_BASE,
+                R::SET_VRING_ADDR,
+                R::SET_VRING_KICK,
+            ] {
+                want.push((r, false));
+            }
+        }
+        want.extend([
+            (R::SET_VRING_ENABLE, false),
+            (R::SET_VRING_ENABLE, false),
+            (R::SET_STATUS, true),
+            (R::SET_VRING_ENABLE, false),
+            (R::SET_VRING_ENABLE, false),
+            (R::GET_VRING_BASE, false),
+            (R::GET_VRING_BASE, false),
+        ]);
+        let want: Vec<(u32, bool)> = want.into_iter().map(|(r, n)| (u32::from(r), n)).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn optional_features_and_a_bare_backend() {
+        // EVENT_IDX when asked; no bit 30: no protocol features, no enable, no status.
+        let (sock, t) = backend(F_VERSION_1 | RING_F_EVENT_IDX, 0, u64::MAX);
+        let mut s = negotiate(Frontend::from_stream(sock).unwrap(), RING_F_EVENT_IDX, "t").unwrap();
+        assert_eq!(
+            (s.features, s.protocol),
+            (F_VERSION_1 | RING_F_EVENT_IDX, 0)
+        );
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let rx = Vring::new(&mem, 0, 64).unwrap();
+        let tx = Vring::new(&mem, rx.end_offset(), 64).unwrap();
+        start(&mut s, &mem, &rx, &tx, "t").unwrap();
+        drop(s);
+        let seen = t.join().unwrap();
+        let enable = u32::from(R::SET_VRING_ENABLE);
+        let status = u32::from(R::SET_STATUS);
+        assert!(
+            seen.iter().all(|&(r, _)| r != enable && r != status),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn refused_features_fail_the_handshake() {
+        let (sock, _t) = backend(OFFERED, PROTOCOL, !u64::from(STATUS_FEATURES_OK));
+        let e = negotiate(Frontend::from_stream(sock).unwrap(), 0, "t")
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("FEATURES_OK"), "{e:#}");
+    }
+
+    #[test]
+    fn server_accepts_a_late_backend_and_client_times_out() {
+        let dir = std::env::temp_dir().join(format!("pktgen-attach-{}", std::process::id()));
+        let path = dir.join("s.sock");
+        let spec = PortSpec::server("s", &path);
+        let p2 = path.clone();
+        let t = std::thread::spawn(move || {
+            for _ in 0..100 {
+                if let Ok(s) = UnixStream::connect(&p2) {
+                    return Some(s);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        });
+        let fe = connect(&spec, Duration::from_secs(5), None).unwrap();
+        assert!(t.join().unwrap().is_some());
+        assert!(
+            !path.exists(),
+            "the socket file is removed once the backend is in"
+        );
+        drop(fe);
+        let client = PortSpec::client("c", dir.join("nobody.sock"));
+        let t0 = Instant::now();
+        let e = connect(&client, Duration::from_millis(200), None)
+            .err()
+            .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert!(format!("{e:#}").contains("nobody.sock"), "{e:#}");
+        // A regular file is not replaced.
+        std::fs::write(&path, b"x").unwrap();
+        assert!(connect(&spec, Duration::from_millis(50), None).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

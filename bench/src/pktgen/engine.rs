@@ -54,6 +54,7 @@ pub(crate) fn topology(cfg: &Config, n: usize) -> (Vec<PortRole>, Vec<Direction>
                     tx_to: Some(0),
                     rx: true,
                     echo: false,
+                    closed_loop: false,
                 };
                 dirs.push(Direction {
                     stream: 0,
@@ -67,11 +68,13 @@ pub(crate) fn topology(cfg: &Config, n: usize) -> (Vec<PortRole>, Vec<Direction>
                     tx_to: Some(b as u8),
                     rx: true,
                     echo: false,
+                    closed_loop: true,
                 };
                 roles[b] = PortRole {
                     tx_to: cfg.bidirectional.then_some(a as u8),
                     rx: true,
                     echo: false,
+                    closed_loop: true,
                 };
                 dirs.push(Direction {
                     stream: a as u8,
@@ -220,6 +223,8 @@ pub(crate) struct Engine<'c, 'm> {
     pub dirs: Vec<Direction>,
     pub traffic_ns: u64,
     pub drain_ns: u64,
+    /// Traffic time spent in rounds that found no work.
+    pub idle_ns: u64,
     pub errors: Vec<String>,
 }
 
@@ -231,6 +236,7 @@ impl<'c, 'm> Engine<'c, 'm> {
             dirs,
             traffic_ns: 0,
             drain_ns: 0,
+            idle_ns: 0,
             errors: Vec::new(),
         }
     }
@@ -255,9 +261,14 @@ impl<'c, 'm> Engine<'c, 'm> {
             .iter()
             .map(|d| {
                 let mut s = DirSnap::default();
-                if let Some(g) = d.tx.and_then(|t| self.ports[t].tx.as_ref()) {
-                    s.sent = g.sent;
-                    s.sent_bytes = g.sent_bytes;
+                if let Some(t) = d.tx {
+                    if let Some(g) = self.ports[t].tx.as_ref() {
+                        // Taken by the backend: posted minus still on the ring.
+                        s.sent = g
+                            .sent
+                            .saturating_sub(self.ports[t].net.tx_in_flight() as u64);
+                        s.sent_bytes = g.sent_bytes;
+                    }
                 }
                 if let Some(r) =
                     d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref())
@@ -328,8 +339,15 @@ impl<'c, 'm> Engine<'c, 'm> {
             self.snapshot(),
             self.ports.iter().map(|p| p.c.rx_packets).collect(),
         );
+        let (mut prev, mut prev_idle) = (start, false);
         loop {
             let now = now_ns();
+            if prev_idle {
+                // The previous round found nothing to do: the backend (or the rate) set
+                // the pace, not the generator.
+                self.idle_ns += now - prev;
+            }
+            prev = now;
             if now >= end || self.stopped() {
                 break;
             }
@@ -338,7 +356,8 @@ impl<'c, 'm> Engine<'c, 'm> {
                 ticker.tick(self, now, label);
                 tick += 1_000_000_000;
             }
-            if work == 0 {
+            prev_idle = work == 0;
+            if prev_idle {
                 std::hint::spin_loop();
             }
         }
@@ -538,7 +557,12 @@ impl<'c, 'm> Engine<'c, 'm> {
             let r =
                 d.rx.and_then(|r| self.ports[r].dirs[usize::from(d.stream)].as_ref());
             let c = r.map(|r| r.seq.counts()).unwrap_or_default();
-            let sent = g.map(|g| g.sent);
+            // Frames still on the TX ring were never taken by the backend: not sent.
+            let not_taken = match g {
+                Some(_) => d.tx.map_or(0, |t| self.ports[t].net.tx_in_flight() as u64),
+                None => 0,
+            };
+            let sent = g.map(|g| g.sent.saturating_sub(not_taken));
             let lost = match (sent, d.rx) {
                 (Some(s), Some(_)) => s.saturating_sub(c.unique),
                 _ => c.holes,
@@ -558,6 +582,7 @@ impl<'c, 'm> Engine<'c, 'm> {
                 tx_port: d.tx.map(|i| self.ports[i].name.clone()),
                 rx_port: d.rx.map(|i| self.ports[i].name.clone()),
                 sent,
+                not_taken,
                 received: c.received,
                 unique: c.unique,
                 lost,
@@ -653,6 +678,12 @@ impl<'c, 'm> Engine<'c, 'm> {
             core: self.cfg.core,
             duration_s: self.traffic_ns as f64 / 1e9,
             drain_s: self.drain_ns as f64 / 1e9,
+            generator_cpu_pct: 0.0,
+            generator_busy_pct: if self.traffic_ns == 0 {
+                0.0
+            } else {
+                100.0 * (1.0 - self.idle_ns as f64 / self.traffic_ns as f64)
+            },
             wire_overhead_bytes: WIRE_OVERHEAD,
             mpps_per_direction: if main.is_empty() {
                 0.0

@@ -61,7 +61,8 @@ fn bounds(i: usize) -> (u64, u64) {
     }
     let shift = i / SUB - 1;
     let mant = i - shift * SUB;
-    (mant << shift, ((mant + 1) << shift) - 1)
+    // The last bucket ends at u64::MAX: (64 << 58) wraps to 0.
+    (mant << shift, ((mant + 1) << shift).wrapping_sub(1))
 }
 
 impl Histogram {

@@ -50,6 +50,10 @@ pub(crate) struct PortRole {
     pub rx: bool,
     /// Sends what it receives back out (loopback).
     pub echo: bool,
+    /// Its stream is received by a port of this generator (closed loop): TX in flight is
+    /// capped to what the receiver's RX ring can hold, so that a stall of the generator
+    /// thread cannot make the backend drop for lack of RX buffers.
+    pub closed_loop: bool,
 }
 
 /// Where a port's rings and buffers go in its memory.
@@ -61,6 +65,7 @@ pub(crate) struct Plan {
     pub classes: Vec<usize>,
     pub class_buf: Vec<u32>,
     pub tx_count: usize,
+    pub tx_window: usize,
 }
 
 impl Plan {
@@ -96,7 +101,23 @@ impl Plan {
             classes: sizes,
             class_buf,
             tx_count,
+            tx_window: 0,
         }
+        .with_window(cfg, hdr, largest, role)
+    }
+
+    /// Most TX frames in flight: the ring, or in a closed loop what the receiver's RX ring
+    /// holds (frames of the largest size; receivers use the same plan) minus two bursts.
+    fn with_window(mut self, cfg: &Config, hdr: usize, largest: usize, role: &PortRole) -> Self {
+        let q = usize::from(self.queue_size);
+        self.tx_window = if role.closed_loop {
+            let per_frame = (hdr + largest).div_ceil(self.rx_buf as usize).max(1);
+            let burst = usize::from(cfg.burst);
+            (q / per_frame).saturating_sub(2 * burst).max(burst)
+        } else {
+            q
+        };
+        self
     }
 
     fn rings_end(&self) -> u64 {
@@ -135,6 +156,8 @@ pub(crate) struct TxGen {
     tx_len: Vec<u32>,
     pub limiter: RateLimiter,
     burst: usize,
+    /// Most frames in flight on the TX ring.
+    window: usize,
     pub sent: u64,
     pub sent_bytes: u64,
 }
@@ -268,6 +291,7 @@ impl<'m> PortRt<'m> {
             templates,
             limiter: RateLimiter::new(None, u32::from(cfg.burst)),
             burst: usize::from(cfg.burst),
+            window: plan.tx_window,
             sent: 0,
             sent_bytes: 0,
         });
@@ -361,7 +385,10 @@ impl<'m> PortRt<'m> {
         if !g.active {
             return Ok(0);
         }
-        let room = net.tx_room().min(g.burst) as u32;
+        let room = net
+            .tx_room()
+            .min(g.burst)
+            .min(g.window.saturating_sub(net.tx_in_flight())) as u32;
         if room == 0 {
             return Ok(0);
         }
@@ -440,7 +467,7 @@ impl<'m> PortRt<'m> {
             return Ok(0);
         }
         let now = now_ns();
-        let mut echoed = 0;
+        let (mut echoed, mut echo_bytes) = (0, 0);
         for f in batch.iter() {
             if f.error.is_some() {
                 c.rx_errors += 1;
@@ -491,6 +518,7 @@ impl<'m> PortRt<'m> {
             }
             if *echo && Self::echo_one(net, &f, *hdr, *macswap) {
                 echoed += 1;
+                echo_bytes += f.len as u64;
             } else {
                 if *echo {
                     c.echo_dropped += 1;
@@ -500,6 +528,8 @@ impl<'m> PortRt<'m> {
         }
         if echoed > 0 {
             c.echoed += echoed;
+            c.tx_packets += echoed;
+            c.tx_bytes += echo_bytes;
             net.tx_publish();
         }
         Self::refill_parts(net, rx_free)?;
@@ -528,5 +558,86 @@ impl<'m> PortRt<'m> {
             }
         }
         net.tx_post_chain(f.bufs).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::HugePages;
+    use crate::null_backend::NullBackend;
+    use crate::sequences::bits::F_VERSION_1;
+
+    #[test]
+    fn imix_is_7_4_1_of_64_576_1500() {
+        let (sizes, pattern) = classes(&FrameSize::Imix);
+        let count = |c: u8| pattern.iter().filter(|&&p| p == c).count();
+        assert_eq!((count(0), count(1), count(2)), (7, 4, 1));
+        assert_eq!(sizes, [64, 576, 1500]);
+        // Interleaved: never two 576 or a 1500 next to each other.
+        for w in pattern.windows(2) {
+            assert!(w[0] == 0 || w[1] == 0, "{pattern:?}");
+        }
+        // Generated frames follow the mix exactly.
+        let cfg = Config {
+            size: FrameSize::Imix,
+            burst: 12,
+            queue_size: 256,
+            ..Config::default()
+        };
+        let features = F_VERSION_1 | NET_F_MRG_RXBUF;
+        let role = PortRole {
+            tx_to: Some(1),
+            ..PortRole::default()
+        };
+        let plan = Plan::new(&cfg, features, &role);
+        assert_eq!(plan.tx_window, 256);
+        let mem = SharedMemory::new(plan.mem_size(), HugePages::Never).unwrap();
+        let (mut p, rx, tx) =
+            PortRt::build(&mem, &plan, &cfg, 0, "a", role, features, Kick::Never).unwrap();
+        let mut dev = NullBackend::new(64);
+        dev.add_port(&mem, &rx, &tx, features).unwrap();
+        p.tx.as_mut().unwrap().active = true;
+        let mut now = 0;
+        while p.tx.as_ref().unwrap().sent < 1200 {
+            p.tx_burst(now).unwrap();
+            dev.poll();
+            p.reclaim().unwrap();
+            now += 1000;
+        }
+        let g = p.tx.as_ref().unwrap();
+        assert_eq!(g.sent, 1200);
+        assert_eq!(g.sent_bytes, 100 * (7 * 64 + 4 * 576 + 1500));
+        assert_eq!(dev.stats(0).unwrap().tx_taken, 1200);
+    }
+
+    #[test]
+    fn closed_loops_keep_what_the_receiver_can_hold_in_flight() {
+        let cfg = Config {
+            size: FrameSize::Fixed(9000),
+            queue_size: 1024,
+            burst: 32,
+            ..Config::default()
+        };
+        let role = PortRole {
+            tx_to: Some(1),
+            rx: true,
+            closed_loop: true,
+            ..PortRole::default()
+        };
+        let mrg = Plan::new(&cfg, F_VERSION_1 | NET_F_MRG_RXBUF, &role);
+        // 9012 bytes take 5 buffers of 2048: 204 frames, minus two bursts.
+        assert_eq!((mrg.rx_buf, mrg.tx_window), (2048, 204 - 64));
+        let plain = Plan::new(&cfg, F_VERSION_1, &role);
+        assert_eq!((plain.rx_buf, plain.tx_window), (9024, 1024 - 64));
+        let small = Plan::new(
+            &Config {
+                size: FrameSize::Fixed(64),
+                ..cfg.clone()
+            },
+            F_VERSION_1 | NET_F_MRG_RXBUF,
+            &role,
+        );
+        assert_eq!(small.tx_window, 1024 - 64);
     }
 }

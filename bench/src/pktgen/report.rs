@@ -19,8 +19,12 @@ pub struct DirectionReport {
     pub tx_port: Option<String>,
     /// Receiving port, if in this generator.
     pub rx_port: Option<String>,
-    /// Frames sent (when the transmitter is in this generator).
+    /// Frames sent (when the transmitter is in this generator): posted on the TX ring and
+    /// taken by the backend.
     pub sent: Option<u64>,
+    /// Frames posted but still on the TX ring at the end (the backend never took them;
+    /// not counted in `sent`).
+    pub not_taken: u64,
     /// Frames received (duplicates included).
     pub received: u64,
     /// Distinct frames received.
@@ -191,6 +195,12 @@ pub struct Report {
     pub duration_s: f64,
     /// Seconds spent draining after traffic stopped.
     pub drain_s: f64,
+    /// CPU time the generator thread got over its wall time, percent (below ~95: other
+    /// processes ran on its core and the figures understate what the backend can do).
+    pub generator_cpu_pct: f64,
+    /// Share of the traffic time the generator spent in rounds that moved frames, percent.
+    /// Near 100 the generator itself was the limit; lower, the backend (or `rate`) was.
+    pub generator_busy_pct: f64,
     /// Bytes counted per frame on top of the frame for line-rate Gbps (preamble + SFD +
     /// IFG = 20).
     pub wire_overhead_bytes: u64,
@@ -244,7 +254,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "vhost-pktgen {:?}: {} B frames (mean {:.1}), {} flow(s), burst {}, ring {}, rate {}, {:.2} s (+{:.2} s drain)",
+            "vhost-pktgen {}: {} B frames (mean {:.1}), {} flow(s), burst {}, ring {}, rate {}, {:.2} s (+{:.2} s drain), generator CPU {:.0}% busy {:.0}%",
             self.mode,
             self.frame_size,
             self.avg_frame_bytes,
@@ -253,7 +263,9 @@ impl Report {
             self.queue_size,
             rate,
             self.duration_s,
-            self.drain_s
+            self.drain_s,
+            self.generator_cpu_pct,
+            self.generator_busy_pct
         );
         if !self.directions.is_empty() {
             let _ = writeln!(
@@ -293,6 +305,13 @@ impl Report {
                 "  (Gbps counts 20 B of preamble + IFG per frame; frame sizes exclude the 4 B FCS; Mpps over {:.2} s)",
                 self.duration_s
             );
+            let not_taken: u64 = self.directions.iter().map(|d| d.not_taken).sum();
+            if not_taken > 0 {
+                let _ = writeln!(
+                    s,
+                    "  ({not_taken} frames were still on the TX rings at the end: the backend never took them; not counted as sent)"
+                );
+            }
             let lat: Vec<_> = self
                 .directions
                 .iter()

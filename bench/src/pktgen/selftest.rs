@@ -24,10 +24,20 @@ use crate::sequences::bits::{F_VERSION_1, NET_F_MRG_RXBUF};
 const PREEMPTED_NS: u64 = 30_000;
 
 /// Runs `cfg` (its mode is forced to `pair` unless it is `latency` or `rfc2544`, its ports
-/// to two in-process ones) against the
-/// null device, with `threads` = 1 (same thread) or 2 (device on core `cfg.core + 1`, or
-/// unpinned). The report's `selftest` section holds the cost figures.
+/// to two in-process ones) against the null device, with `threads` = 1 (same thread) or 2
+/// (device on core `cfg.core + 1`, or unpinned). The report's `selftest` section holds the
+/// cost figures. Like [`super::run`], it runs on threads of its own.
 pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("pktgen-selftest".into())
+            .spawn_scoped(s, || selftest_here(cfg, threads))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the self-test thread panicked"))?
+    })
+}
+
+fn selftest_here(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
     let mut cfg = cfg.clone();
     if !matches!(cfg.mode, Mode::Latency | Mode::Rfc2544) {
         cfg.mode = Mode::Pair;
@@ -103,6 +113,7 @@ pub fn selftest(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
     }
     let (wall, cpu) = ((now_ns() - wall0) as f64, (thread_cpu_ns() - cpu0) as f64);
     let mut report = engine.report();
+    report.generator_cpu_pct = if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 };
     report.rfc2544 = rfc;
     report.warnings.extend(warnings);
     let received: u64 = report.directions.iter().map(|d| d.unique).sum();
