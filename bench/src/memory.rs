@@ -228,6 +228,19 @@ impl SharedMemory {
         Ok(())
     }
 
+    /// Copies `N` bytes at `offset` into `out` (a copy of constant size: a few vector moves
+    /// rather than a `memcpy` call).
+    #[inline]
+    pub fn read_fixed<const N: usize>(&self, offset: u64, out: &mut [u8; N]) -> Result<()> {
+        let start = self.check(offset, N as u64)?;
+        // SAFETY: `check` proved the source range lies in our live mapping; `out` is a
+        // distinct Rust array (no reference into the mapping exists).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.addr.as_ptr().add(start), out.as_mut_ptr(), N);
+        }
+        Ok(())
+    }
+
     /// Writes `val` at `offset` (no alignment requirement).
     pub fn write_obj<T: ByteValued>(&self, offset: u64, val: T) -> Result<()> {
         self.write(offset, val.as_slice())

@@ -20,8 +20,10 @@ use crate::switch::{FdbEntry, Mode, Switch};
 
 /// How long a PMD without any started ring sleeps between checks.
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
-/// How long `quiesce` waits before reporting a stuck PMD.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often `quiesce` warns that a PMD is late (preempted on a loaded machine, say).
+const QUIESCE_WARN: Duration = Duration::from_secs(2);
+/// How long `quiesce` waits before giving up on a PMD.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A port as the data plane knows it before any front-end connects.
 #[derive(Clone, Debug)]
@@ -59,6 +61,9 @@ pub enum DataplaneError {
     /// A PMD did not pass a quiescent point in time.
     #[error("PMD on core {0} did not reach a quiescent point within {QUIESCE_TIMEOUT:?}")]
     Stuck(usize),
+    /// A PMD thread is gone (it panicked).
+    #[error("PMD on core {0} has died")]
+    Dead(usize),
 }
 
 #[derive(Debug)]
@@ -246,13 +251,30 @@ impl Dataplane {
     }
 
     /// Waits until every PMD has passed a quiescent point after the last `publish`.
+    ///
+    /// Correctness depends on it (after GET_VRING_BASE no PMD may touch the ring), so a late
+    /// PMD is waited for, with a warning every 2 s; only a dead PMD thread or 30 s of
+    /// silence end the wait with an error.
     pub fn quiesce(&self) -> Result<(), DataplaneError> {
         let target = self.shared.epoch.load(Ordering::Acquire);
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
-        for pmd in &self.shared.pmds {
+        let start = Instant::now();
+        let mut next_warning = start + QUIESCE_WARN;
+        for (i, pmd) in self.shared.pmds.iter().enumerate() {
             while pmd.seen_epoch.load(Ordering::Acquire) < target {
-                if Instant::now() > deadline {
+                let now = Instant::now();
+                if self.threads.get(i).is_some_and(|t| t.is_finished()) {
+                    return Err(DataplaneError::Dead(pmd.core));
+                }
+                if now > start + QUIESCE_TIMEOUT {
                     return Err(DataplaneError::Stuck(pmd.core));
+                }
+                if now > next_warning {
+                    tracing::warn!(
+                        core = pmd.core,
+                        waited_ms = (now - start).as_millis() as u64,
+                        "PMD late to a quiescent point (CPU starved?); still waiting"
+                    );
+                    next_warning = now + QUIESCE_WARN;
                 }
                 std::thread::yield_now();
             }

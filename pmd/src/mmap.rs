@@ -159,4 +159,3 @@ mod tests {
         assert_eq!(prot_at(base + 3 * 4096).as_deref(), Some("---p"));
     }
 }
-

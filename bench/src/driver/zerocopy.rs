@@ -89,6 +89,8 @@ pub struct RxBatch {
 
 /// Room for the net header in front of each head.
 const HDR_ROOM: usize = 16;
+/// Bytes read per frame with the usual 64-byte peek (header room included).
+const FIXED_READ: usize = HDR_ROOM + 64;
 
 impl RxBatch {
     /// A batch for up to `capacity` frames (and buffers), copying the first `peek` bytes of
@@ -494,8 +496,15 @@ impl<'m> ZcNet<'m> {
             let want = (len0 as usize).min(hdr + batch.peek);
             // The header and the first bytes go straight into this frame's head slot.
             let slot = batch.metas.len() * stride;
-            let tmp = &mut batch.heads[slot..slot + want];
-            self.mem.read(off0, tmp)?;
+            let tmp = &mut batch.heads[slot..slot + stride];
+            match <&mut [u8; FIXED_READ]>::try_from(&mut *tmp) {
+                // The common case, a constant-size copy (reading past the used length is
+                // harmless: the bytes are inside our buffer and never trusted).
+                Ok(fixed) if self.bufs[b0 as usize].cap as usize >= FIXED_READ => {
+                    self.mem.read_fixed(off0, fixed)?
+                }
+                _ => self.mem.read(off0, &mut tmp[..want])?,
+            }
             let num_buffers = if self.mrg {
                 let at = NUM_BUFFERS_OFFSET as usize;
                 u16::from_le_bytes([tmp[at], tmp[at + 1]])

@@ -63,6 +63,7 @@ pub(crate) struct Plan {
     pub rx_buf: u32,
     pub rx_count: usize,
     pub classes: Vec<usize>,
+    /// Slot size of each class's TX buffers (the buffer is the slot minus `64 - hdr`).
     pub class_buf: Vec<u32>,
     pub tx_count: usize,
     pub tx_window: usize,
@@ -90,9 +91,11 @@ impl Plan {
         } else {
             0
         };
+        // Each TX buffer starts `64 - hdr` bytes into a 64-byte aligned slot, so that the
+        // frame starts on a cache line: the 64 bytes restamped per packet are one line.
         let class_buf = sizes
             .iter()
-            .map(|&s| align_up((hdr + s) as u64, 64) as u32)
+            .map(|&s| align_up((64 + s) as u64, 64) as u32)
             .collect();
         Plan {
             queue_size: q,
@@ -261,7 +264,8 @@ impl<'m> PortRt<'m> {
         let mut class_free = Vec::new();
         let mut templates = Vec::new();
         let mut img = vec![0u8; hdr + MAX_FRAME];
-        for (k, (&len, &cap)) in plan.classes.iter().zip(&plan.class_buf).enumerate() {
+        let lead = (64 - hdr) as u64;
+        for (k, (&len, &slot)) in plan.classes.iter().zip(&plan.class_buf).enumerate() {
             let mut free = Vec::with_capacity(plan.tx_count);
             if let Some(dst) = role.tx_to {
                 let t = Template::new(len, idx, idx, dst)
@@ -269,11 +273,11 @@ impl<'m> PortRt<'m> {
                 img[..hdr].fill(0);
                 t.fill(&mut img[hdr..hdr + len]);
                 for _ in 0..plan.tx_count {
-                    mem.write(at, &img[..hdr + len])?;
-                    let id = net.add_buffer(at, cap)?;
+                    mem.write(at + lead, &img[..hdr + len])?;
+                    let id = net.add_buffer(at + lead, slot - lead as u32)?;
                     class_of.push(k as u8);
                     free.push(id);
-                    at += u64::from(cap);
+                    at += u64::from(slot);
                 }
                 templates.push(t);
             }
