@@ -228,6 +228,23 @@ impl SharedMemory {
         Ok(())
     }
 
+    /// Hints the CPU to fetch the cache line at `offset` (nothing happens out of range or
+    /// off x86_64).
+    #[inline]
+    pub fn prefetch(&self, offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if offset < self.size as u64 {
+            let p = self.addr.as_ptr().wrapping_add(offset as usize);
+            // SAFETY: a prefetch is a hint: it has no effect on the program's memory and
+            // cannot fault; SSE is part of the x86_64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     /// Copies `N` bytes at `offset` into `out` (a copy of constant size: a few vector moves
     /// rather than a `memcpy` call).
     #[inline]

@@ -18,6 +18,8 @@ use crate::snapshot::PortSnapshot;
 use crate::stats::{QueueStats, QueueTotals};
 use crate::switch::{FdbEntry, Mode, Switch};
 
+/// Empty polls after which an idle PMD yields its core once.
+const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 /// How long a PMD without any started ring sleeps between checks.
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
 /// How often `quiesce` warns that a PMD is late (preempted on a loaded machine, say).
@@ -85,6 +87,8 @@ struct Pmd {
     /// Longest time between the starts of two loop iterations (a long one means the
     /// thread was preempted, or one burst took that long).
     max_gap_cycles: AtomicU64,
+    /// Loop iterations so far (diagnostics: a late PMD that still iterates is a bug).
+    iterations: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -182,6 +186,7 @@ impl Dataplane {
                 busy_cycles: AtomicU64::new(0),
                 idle_cycles: AtomicU64::new(0),
                 max_gap_cycles: AtomicU64::new(0),
+                iterations: AtomicU64::new(0),
             })
             .collect();
         let switch = Switch::new(cfg.mode, cfg.ports.len(), cfg.fdb_aging_secs);
@@ -272,6 +277,9 @@ impl Dataplane {
                     tracing::warn!(
                         core = pmd.core,
                         waited_ms = (now - start).as_millis() as u64,
+                        acknowledged = pmd.seen_epoch.load(Ordering::Acquire),
+                        target,
+                        iterations = pmd.iterations.load(Ordering::Relaxed),
                         "PMD late to a quiescent point (CPU starved?); still waiting"
                     );
                     next_warning = now + QUIESCE_WARN;
@@ -378,6 +386,7 @@ fn pmd_loop(shared: &Shared, me: usize) {
     let mut now = shared.now_secs();
     let mut last_start = cycles();
     let mut max_gap = 0u64;
+    let mut idle_streak = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let epoch = shared.epoch.load(Ordering::Acquire);
         if epoch != seen {
@@ -421,10 +430,20 @@ fn pmd_loop(shared: &Shared, me: usize) {
         let spent = cycles().wrapping_sub(start);
         if work > 0 {
             busy += spent;
+            idle_streak = 0;
         } else {
             idle += spent;
+            idle_streak += 1;
+            // Still polling, never sleeping; but when nothing came for a while, let another
+            // thread that shares this core run (two pollers pinned to one core otherwise
+            // starve each other for seconds). Alone on its core, yield returns at once.
+            if idle_streak.is_multiple_of(IDLE_POLLS_BEFORE_YIELD) {
+                std::thread::yield_now();
+            }
         }
         iterations = iterations.wrapping_add(1);
+        pmd.iterations
+            .store(u64::from(iterations), Ordering::Relaxed);
         if iterations.is_multiple_of(1024) || !active {
             pmd.busy_cycles.store(busy, Ordering::Relaxed);
             pmd.idle_cycles.store(idle, Ordering::Relaxed);

@@ -87,6 +87,10 @@ pub struct RxBatch {
     hdr: usize,
 }
 
+/// Used len marking an RX entry the device returned wrongly (never a real len: lens are
+/// checked against the buffer size).
+const BAD_ENTRY: u32 = u32::MAX;
+
 /// Room for the net header in front of each head.
 const HDR_ROOM: usize = 16;
 /// Bytes read per frame with the usual 64-byte peek (header room included).
@@ -129,10 +133,6 @@ impl RxBatch {
 
     fn stride(&self) -> usize {
         HDR_ROOM + self.peek
-    }
-
-    fn full(&self) -> bool {
-        self.metas.len() >= self.capacity || self.bufs.len() >= self.capacity
     }
 
     /// Frame `i` (`None` past the end).
@@ -187,6 +187,11 @@ pub struct ZcNet<'m> {
     tx_bufs: Vec<BufId>,
     tx_nbufs: Vec<u8>,
     used: Vec<UsedElem>,
+    /// RX used entries of the current poll: buffer, used len ([`BAD_ENTRY`]: see
+    /// `popped_err`).
+    popped: Vec<(BufId, u32)>,
+    /// Errors of the entries marked [`BAD_ENTRY`] in `popped`, by position.
+    popped_err: Vec<(usize, DeviceError)>,
     rx_kick: Option<EventFd>,
     tx_kick: Option<EventFd>,
     stats: ZcStats,
@@ -240,6 +245,8 @@ impl<'m> ZcNet<'m> {
             tx_bufs: vec![0; ntx * MAX_TX_CHAIN],
             tx_nbufs: vec![0; ntx],
             used: vec![UsedElem::default(); nrx.max(ntx)],
+            popped: Vec::with_capacity(nrx),
+            popped_err: Vec::new(),
             rx_kick: None,
             tx_kick: None,
             stats: ZcStats::default(),
@@ -455,34 +462,60 @@ impl<'m> ZcNet<'m> {
     pub fn rx_poll(&mut self, batch: &mut RxBatch) -> Result<usize> {
         batch.clear();
         batch.hdr = self.hdr_len;
-        let mut left = self.rx.used_pending()?;
-        let hdr = self.hdr_len;
-        let stride = batch.stride();
-        while left > 0 && !batch.full() {
-            left -= 1;
-            let first = batch.bufs.len();
-            let (b0, len0) = match self.pop_rx() {
-                Ok(Some(x)) => x,
+        let pending = self.rx.used_pending()?;
+        // Pass 1: take the used entries and prefetch their buffers' first two cache lines
+        // (written by the device on another core), so that the misses overlap.
+        self.popped.clear();
+        self.popped_err.clear();
+        let limit = usize::from(pending).min(batch.capacity);
+        let mut broken = None;
+        while self.popped.len() < limit {
+            match self.pop_rx() {
+                Ok(Some((b, len))) => {
+                    let off = self.bufs[b as usize].offset;
+                    self.mem.prefetch(off);
+                    self.mem.prefetch(off + 64);
+                    self.popped.push((b, len));
+                }
                 Ok(None) => break,
-                Err((e, buf)) => {
-                    let Some(b) = buf else {
-                        if batch.is_empty() {
-                            return Err(e);
-                        }
-                        break;
-                    };
-                    batch.bufs.push((b, 0));
-                    let err = match e {
+                Err((e, Some(b))) => {
+                    let d = match e {
                         Error::Device(d) => d,
                         _ => DeviceError::RxTooShort { len: 0, min: 0 },
                     };
-                    self.stats.rx_errors += 1;
-                    Self::push_frame(batch, first, 0, 0, Some(err));
-                    continue;
+                    self.popped_err.push((self.popped.len(), d));
+                    self.popped.push((b, BAD_ENTRY));
                 }
+                Err((e, None)) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        if self.popped.is_empty() {
+            return match broken {
+                Some(e) => Err(e),
+                None => Ok(0),
             };
+        }
+        // Pass 2: assemble frames (num_buffers) and copy their first bytes.
+        let hdr = self.hdr_len;
+        let stride = batch.stride();
+        let min = (hdr + 14) as u64;
+        let mut i = 0;
+        let n = self.popped.len();
+        while i < n {
+            let (b0, len0) = self.popped[i];
+            i += 1;
+            let first = batch.bufs.len();
+            if len0 == BAD_ENTRY {
+                batch.bufs.push((b0, 0));
+                self.stats.rx_errors += 1;
+                let e = self.bad_entry(i - 1);
+                Self::push_frame(batch, first, 0, 0, Some(e));
+                continue;
+            }
             batch.bufs.push((b0, len0));
-            let min = (hdr + 14) as u64;
             if (len0 as usize) < hdr {
                 self.stats.rx_errors += 1;
                 let e = DeviceError::RxTooShort {
@@ -492,7 +525,7 @@ impl<'m> ZcNet<'m> {
                 Self::push_frame(batch, first, 0, 0, Some(e));
                 continue;
             }
-            let off0 = self.bufs[b0 as usize].offset;
+            let buf0 = self.bufs[b0 as usize];
             let want = (len0 as usize).min(hdr + batch.peek);
             // The header and the first bytes go straight into this frame's head slot.
             let slot = batch.metas.len() * stride;
@@ -500,10 +533,10 @@ impl<'m> ZcNet<'m> {
             match <&mut [u8; FIXED_READ]>::try_from(&mut *tmp) {
                 // The common case, a constant-size copy (reading past the used length is
                 // harmless: the bytes are inside our buffer and never trusted).
-                Ok(fixed) if self.bufs[b0 as usize].cap as usize >= FIXED_READ => {
-                    self.mem.read_fixed(off0, fixed)?
+                Ok(fixed) if buf0.cap as usize >= FIXED_READ => {
+                    self.mem.read_fixed(buf0.offset, fixed)?
                 }
-                _ => self.mem.read(off0, &mut tmp[..want])?,
+                _ => self.mem.read(buf0.offset, &mut tmp[..want])?,
             }
             let num_buffers = if self.mrg {
                 let at = NUM_BUFFERS_OFFSET as usize;
@@ -511,11 +544,15 @@ impl<'m> ZcNet<'m> {
             } else {
                 1
             };
-            if num_buffers == 0 || num_buffers - 1 > left {
+            let left = n - i;
+            if num_buffers == 0 || usize::from(num_buffers) - 1 > left {
+                // Past the entries taken (a broken queue, or a device lying about
+                // num_buffers): an error frame; its further buffers, if any, are taken as
+                // frames of their own.
                 self.stats.rx_errors += 1;
                 let e = DeviceError::BadNumBuffers {
                     num_buffers,
-                    available: left + 1,
+                    available: left.min(usize::from(u16::MAX - 1)) as u16 + 1,
                 };
                 Self::push_frame(batch, first, 0, 0, Some(e));
                 continue;
@@ -523,29 +560,16 @@ impl<'m> ZcNet<'m> {
             let mut total = u64::from(len0) - hdr as u64;
             let mut error = None;
             for _ in 1..num_buffers {
-                left -= 1;
-                match self.pop_rx() {
-                    Ok(Some((b, len))) => {
-                        batch.bufs.push((b, len));
-                        total += u64::from(len);
+                let (b, len) = self.popped[i];
+                i += 1;
+                if len == BAD_ENTRY {
+                    batch.bufs.push((b, 0));
+                    if error.is_none() {
+                        error = Some(self.bad_entry(i - 1));
                     }
-                    Ok(None) => {
-                        error = Some(DeviceError::BadNumBuffers {
-                            num_buffers,
-                            available: 0,
-                        });
-                        break;
-                    }
-                    Err((e, buf)) => {
-                        if let Some(b) = buf {
-                            batch.bufs.push((b, 0));
-                        }
-                        error = Some(match e {
-                            Error::Device(d) => d,
-                            _ => DeviceError::RxTooShort { len: 0, min },
-                        });
-                        break;
-                    }
+                } else {
+                    batch.bufs.push((b, len));
+                    total += u64::from(len);
                 }
             }
             if error.is_none() && total < 14 {
@@ -563,15 +587,21 @@ impl<'m> ZcNet<'m> {
             if error.is_some() {
                 self.stats.rx_errors += 1;
                 Self::push_frame(batch, first, 0, 0, error);
-                if self.rx.broken().is_some() {
-                    break;
-                }
                 continue;
             }
             let head_len = (want - hdr).min(total as usize);
             Self::push_frame(batch, first, total as u32, head_len as u16, None);
         }
         Ok(batch.len())
+    }
+
+    /// The error of the entry at `pos` of `popped` (marked [`BAD_ENTRY`]).
+    fn bad_entry(&self, pos: usize) -> DeviceError {
+        self.popped_err
+            .iter()
+            .find(|(p, _)| *p == pos)
+            .map(|(_, e)| e.clone())
+            .unwrap_or(DeviceError::RxTooShort { len: 0, min: 0 })
     }
 
     /// Copies the whole of `frame` (net header excluded) into `out`; returns its length.

@@ -604,6 +604,9 @@ impl<'c, 'm> Engine<'c, 'm> {
                 gbps: l2 + (pkts * WIRE_OVERHEAD) as f64 * 8.0 / secs / 1e9,
                 gbps_l2: l2,
                 duration_s: secs,
+                tx_backpressure_pct: g
+                    .filter(|g| g.bursts > 0)
+                    .map(|g| 100.0 * g.blocked as f64 / g.bursts as f64),
                 latency: r.map(|r| r.hist.percentiles()).filter(|l| l.samples > 0),
             }
         };

@@ -32,7 +32,7 @@ pub struct Percentiles {
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
-    sum: u128,
+    sum: u64,
     min: u64,
     max: u64,
 }
@@ -82,7 +82,7 @@ impl Histogram {
     pub fn record(&mut self, v: u64) {
         self.counts[index(v)] += 1;
         self.total += 1;
-        self.sum += u128::from(v);
+        self.sum = self.sum.wrapping_add(v);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
     }
@@ -98,7 +98,7 @@ impl Histogram {
             *a += b;
         }
         self.total += other.total;
-        self.sum += other.sum;
+        self.sum = self.sum.wrapping_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
     }

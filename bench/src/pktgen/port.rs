@@ -163,6 +163,9 @@ pub(crate) struct TxGen {
     window: usize,
     pub sent: u64,
     pub sent_bytes: u64,
+    /// TX bursts attempted, and those the ring or window cut short.
+    pub bursts: u64,
+    pub blocked: u64,
 }
 
 /// What a port received of one stream.
@@ -298,6 +301,8 @@ impl<'m> PortRt<'m> {
             window: plan.tx_window,
             sent: 0,
             sent_bytes: 0,
+            bursts: 0,
+            blocked: 0,
         });
         let verify = cfg.verify;
         let mut p = PortRt {
@@ -393,6 +398,11 @@ impl<'m> PortRt<'m> {
             .tx_room()
             .min(g.burst)
             .min(g.window.saturating_sub(net.tx_in_flight())) as u32;
+        // Back-pressure: the ring (or window) could not take a whole burst.
+        g.bursts += 1;
+        if (room as usize) < g.burst {
+            g.blocked += 1;
+        }
         if room == 0 {
             return Ok(0);
         }

@@ -51,6 +51,10 @@ pub struct DirectionReport {
     pub gbps_l2: f64,
     /// Seconds of traffic the rates are computed over.
     pub duration_s: f64,
+    /// Share of TX bursts the ring (or the in-flight window) cut short, percent. High: the
+    /// backend set the pace; low with no rate limit: the generator did (it could not keep
+    /// the ring full), so the rate is the generator's, not the backend's.
+    pub tx_backpressure_pct: Option<f64>,
     /// One-way latency (stamp to poll), when received here.
     pub latency: Option<Percentiles>,
 }
@@ -270,7 +274,7 @@ impl Report {
         if !self.directions.is_empty() {
             let _ = writeln!(
                 s,
-                "{:<14} {:>12} {:>12} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+                "{:<14} {:>12} {:>12} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}",
                 "direction",
                 "sent",
                 "received",
@@ -281,12 +285,13 @@ impl Report {
                 "corrupted",
                 "Mpps",
                 "Gbps",
-                "Gbps-L2"
+                "Gbps-L2",
+                "bp%"
             );
             for d in &self.directions {
                 let _ = writeln!(
                     s,
-                    "{:<14} {:>12} {:>12} {:>10} {:>8.4} {:>9} {:>9} {:>9} {:>8.3} {:>8.3} {:>8.3}",
+                    "{:<14} {:>12} {:>12} {:>10} {:>8.4} {:>9} {:>9} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>5}",
                     d.name,
                     opt(d.sent),
                     d.received,
@@ -297,12 +302,14 @@ impl Report {
                     d.corrupted,
                     d.mpps,
                     d.gbps,
-                    d.gbps_l2
+                    d.gbps_l2,
+                    d.tx_backpressure_pct
+                        .map_or_else(|| "-".into(), |b| format!("{b:.0}"))
                 );
             }
             let _ = writeln!(
                 s,
-                "  (Gbps counts 20 B of preamble + IFG per frame; frame sizes exclude the 4 B FCS; Mpps over {:.2} s)",
+                "  (Gbps counts 20 B of preamble + IFG per frame; frame sizes exclude the 4 B FCS; Mpps over {:.2} s;\n   bp% = TX bursts cut short by a full ring: low with no rate limit means the generator, not the backend, set the rate)",
                 self.duration_s
             );
             let not_taken: u64 = self.directions.iter().map(|d| d.not_taken).sum();
