@@ -8,5 +8,6 @@
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod demo;
 pub mod port;
 pub mod vhost_user;

@@ -31,6 +31,22 @@ enum Command {
     Run(RunArgs),
     /// Ask a running switch for its counters, ports or FDB.
     Ctl(CtlArgs),
+    /// Run the switch with two ports and the built-in traffic generator as their guests,
+    /// print throughput and the switch's counters.
+    Demo(DemoCli),
+}
+
+#[derive(clap::Args)]
+struct DemoCli {
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Frame size in bytes (64..=9000).
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Switching mode.
+    #[arg(long, value_enum, default_value = "xconnect")]
+    mode: Mode,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +101,14 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Ctl(args) => ctl(args),
+        Command::Demo(args) => vhost_switch::demo::run(vhost_switch::demo::DemoArgs {
+            seconds: args.seconds,
+            size: args.size,
+            mode: match args.mode {
+                Mode::Learning => "learning",
+                Mode::Xconnect => "xconnect",
+            },
+        }),
     };
     if let Err(e) = result {
         eprintln!("vhost-switch: {e:#}");
