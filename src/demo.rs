@@ -39,7 +39,10 @@ fn wait_for(path: &Path, child: &mut Child) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         if let Some(status) = child.try_wait()? {
-            bail!("the switch exited before creating {}: {status}", path.display());
+            bail!(
+                "the switch exited before creating {}: {status}",
+                path.display()
+            );
         }
         if Instant::now() > deadline {
             bail!("the switch did not create {} within 10 s", path.display());
@@ -55,7 +58,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let socks = [dir.join("p0.sock"), dir.join("p1.sock")];
     let ctl = dir.join("ctl.sock");
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let pmd_core = if cpus > 1 { "1" } else { "0" };
     println!(
         "demo: vhost-switch --mode {} with ports p0, p1 (PMD on core {pmd_core}); vhost-pktgen on core 0 \
@@ -64,19 +69,33 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     let exe = std::env::current_exe().context("cannot find the vhost-switch executable")?;
     let child = Command::new(exe)
-        .args(["run", "--mode", args.mode, "--pmd-cores", pmd_core, "--control-core", "0"])
+        .args([
+            "run",
+            "--mode",
+            args.mode,
+            "--pmd-cores",
+            pmd_core,
+            "--control-core",
+            "0",
+        ])
         .arg("--port")
         .arg(format!("p0={}", socks[0].display()))
         .arg("--port")
         .arg(format!("p1={}", socks[1].display()))
         .arg("--control-socket")
         .arg(&ctl)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start the switch")?;
-    let mut switch = Switch { child, dir: dir.clone() };
+    let mut switch = Switch {
+        child,
+        dir: dir.clone(),
+    };
     for s in &socks {
         wait_for(s, &mut switch.child)?;
     }
@@ -85,7 +104,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ports: socks
             .iter()
             .zip(["a", "b"])
-            .map(|(s, n)| PortSpec { name: n.into(), socket: s.clone(), role: Role::Client })
+            .map(|(s, n)| PortSpec {
+                name: n.into(),
+                socket: s.clone(),
+                role: Role::Client,
+            })
             .collect(),
         mode: Mode::Pair,
         size: FrameSize::Fixed(args.size as usize),
@@ -96,6 +119,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let report = pktgen::run(&cfg).context("the traffic generator failed")?;
     println!("\n{}", report.render_table());
     let stats = crate::ctl::query(&ctl, crate::ctl::Command::Stats)?;
-    println!("switch counters (vhost-switch ctl stats):\n{}", crate::ctl::render(crate::ctl::Command::Stats, &stats));
+    println!(
+        "switch counters (vhost-switch ctl stats):\n{}",
+        crate::ctl::render(crate::ctl::Command::Stats, &stats)
+    );
     Ok(())
 }
