@@ -547,3 +547,41 @@ fn hostile_avail_index_jump() {
         None,
     );
 }
+
+#[test]
+fn add_and_remove_mem_reg_during_traffic() {
+    // CONFIGURE_MEM_SLOTS front-ends (QEMU) grow memory with ADD_MEM_REG: regions come and
+    // go while the rings in the first region keep running.
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let opts = NetOptions {
+        features: GUEST_FEATURES,
+        ..NetOptions::default()
+    };
+    let mut a = attach_with(&d, "p0", &m0, opts, 2048, local_mac(1), true);
+    // attach negotiated without CONFIGURE_MEM_SLOTS; a later SET_PROTOCOL_FEATURES adds it.
+    a.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | MEM_SLOTS, true)
+        .unwrap();
+    let extra: Vec<bench::memory::SharedMemory> = (0..3)
+        .map(|i| {
+            bench::memory::SharedMemory::new(1 << 20, bench::memory::HugePages::Never)
+                .unwrap()
+                .with_guest_phys_addr((1 << 30) + (i << 21))
+        })
+        .collect();
+    let mut seq = 0;
+    for round in 0..12 {
+        let e = &extra[round % 3];
+        if round % 2 == 0 {
+            a.fe.add_mem_reg(&e.region(), e.fd(), true).unwrap();
+        } else {
+            a.fe.rem_mem_reg(&extra[(round - 1) % 3].region(), true)
+                .unwrap();
+        }
+        exchange(&mut a, &mut b, 64, 200, seq);
+        seq += 64;
+    }
+    assert!(d.rejections().is_empty(), "{:?}", d.rejections());
+    assert_conservation(&d);
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::queue::{broken, Cursor, RingGuard, RingRuntime};
 use crate::snapshot::PortSnapshot;
 use crate::split::chain::{self, Direction, Segment, Segments};
-use crate::split::raw::AVAIL_F_NO_INTERRUPT;
+use crate::split::raw::{prefetch, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT};
 use crate::stats::{DropReason, QueueStats};
 use crate::switch::{Destination, Switch};
 
@@ -127,6 +127,21 @@ fn read_bytes<const N: usize>(segs: &[Segment], off: u64, out: &mut [u8; N]) {
     copy_segments(segs, off, &tmp, 0, N as u64);
 }
 
+/// Starts loading the first bytes of the frame in chain `head` (its MAC addresses).
+#[inline]
+fn prefetch_data(ring: &RingRuntime, head: u16, hdr: u64) {
+    if let Some(d) = ring.raw.descriptor(head) {
+        if d.flags & DESC_F_INDIRECT == 0 {
+            if let Some((p, room)) = ring.memory().translate_gpa_prefix(d.addr) {
+                // The header may fill a short first buffer; then the frame is in the next.
+                if room > hdr {
+                    prefetch(p.as_ptr().wrapping_add(hdr as usize));
+                }
+            }
+        }
+    }
+}
+
 /// `vring_need_event` (virtio 1.2 §2.7.10): did `new` pass `event` since `old`?
 fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
@@ -199,7 +214,17 @@ pub fn poll_tx<'a>(
     let (mut bytes, mut forwarded) = (0u64, 0u64);
     scratch.touched.clear();
     let mut held: Option<Held<'a>> = None;
-    for _ in 0..pending.min(BURST) {
+    let burst = pending.min(BURST);
+    // Start every descriptor of the burst loading at once, and the first frame's data.
+    for k in 0..burst {
+        raw.prefetch_descriptor(raw.avail_entry(cur.last_avail.wrapping_add(k)));
+    }
+    prefetch_data(tx, raw.avail_entry(cur.last_avail), hdr);
+    for k in 0..burst {
+        // While this frame is handled, the next one's data is on its way.
+        if k + 1 < burst {
+            prefetch_data(tx, raw.avail_entry(cur.last_avail.wrapping_add(1)), hdr);
+        }
         let head = raw.avail_entry(cur.last_avail);
         if head >= size {
             if tx.shared.mark_broken(broken::BAD_HEAD) {
@@ -404,6 +429,11 @@ fn fill_rx(
             if cur.last_avail == cur.cached_avail {
                 cur.last_avail = start_avail;
                 return Err(DropReason::NoRxBuffer);
+            }
+            // New buffers: fetch their descriptors together, not one miss per frame.
+            let fresh = cur.cached_avail.wrapping_sub(cur.last_avail).min(BURST);
+            for k in 0..fresh {
+                raw.prefetch_descriptor(raw.avail_entry(cur.last_avail.wrapping_add(k)));
             }
         }
         let head = raw.avail_entry(cur.last_avail);

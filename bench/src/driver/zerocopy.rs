@@ -35,8 +35,8 @@ pub type BufId = u32;
 
 /// Most buffers one TX chain may carry ([`ZcNet::tx_post_chain`]).
 pub const MAX_TX_CHAIN: usize = 8;
-/// Largest peek (frame bytes copied per received frame into the [`RxBatch`]).
-pub const MAX_PEEK: usize = 256;
+/// Largest peek (frame bytes copied per received frame).
+pub const MAX_PEEK: usize = 64;
 
 /// What popping one RX used entry gave: a buffer and its used len, nothing, or an error
 /// with the buffer of a chain the device returned wrongly (`None` once the queue broke).
@@ -83,13 +83,7 @@ pub struct RxBatch {
     heads: Vec<u8>,
     peek: usize,
     capacity: usize,
-    /// Net header length of the last poll (the heads hold header + peek bytes).
-    hdr: usize,
 }
-
-/// Used len marking an RX entry the device returned wrongly (never a real len: lens are
-/// checked against the buffer size).
-const BAD_ENTRY: u32 = u32::MAX;
 
 /// Room for the net header in front of each head.
 const HDR_ROOM: usize = 16;
@@ -107,7 +101,6 @@ impl RxBatch {
             heads: vec![0; capacity * (HDR_ROOM + peek)],
             peek,
             capacity,
-            hdr: 0,
         }
     }
 
@@ -140,7 +133,7 @@ impl RxBatch {
     pub fn get(&self, i: usize) -> Option<RxFrame<'_>> {
         let m = self.metas.get(i)?;
         let (first, n) = (m.first as usize, m.nbufs as usize);
-        let head_start = i * self.stride() + self.hdr;
+        let head_start = i * self.stride() + HDR_ROOM;
         Some(RxFrame {
             len: m.len as usize,
             bufs: self.bufs.get(first..first + n).unwrap_or_default(),
@@ -173,6 +166,46 @@ pub struct RxFrame<'a> {
     pub error: Option<&'a DeviceError>,
 }
 
+/// Reads whole received frames out of guest memory (given to [`ZcNet::rx_poll_with`]'s
+/// callback).
+#[derive(Debug)]
+pub struct FrameReader<'a> {
+    mem: &'a SharedMemory,
+    bufs: &'a [Buf],
+    hdr: usize,
+}
+
+impl FrameReader<'_> {
+    /// Copies the whole of `frame` (net header excluded) into `out`; returns its length.
+    /// Fails if `out` is too small.
+    pub fn read_frame(&self, frame: &RxFrame<'_>, out: &mut [u8]) -> Result<usize> {
+        if out.len() < frame.len {
+            return Err(Error::InvalidArgument(format!(
+                "frame of {} bytes, buffer of {}",
+                frame.len,
+                out.len()
+            )));
+        }
+        let mut at = 0usize;
+        for (k, &(b, len)) in frame.bufs.iter().enumerate() {
+            let buf = self
+                .bufs
+                .get(b as usize)
+                .ok_or_else(|| Error::InvalidArgument(format!("no buffer {b}")))?;
+            let (skip, n) = if k == 0 {
+                (self.hdr, (len as usize).saturating_sub(self.hdr))
+            } else {
+                (0, len as usize)
+            };
+            let n = n.min(frame.len - at);
+            self.mem
+                .read(buf.offset + skip as u64, &mut out[at..at + n])?;
+            at += n;
+        }
+        Ok(at)
+    }
+}
+
 /// Zero-copy virtio-net driving over a receiveq and a transmitq (see the module docs).
 pub struct ZcNet<'m> {
     mem: &'m SharedMemory,
@@ -187,10 +220,9 @@ pub struct ZcNet<'m> {
     tx_bufs: Vec<BufId>,
     tx_nbufs: Vec<u8>,
     used: Vec<UsedElem>,
-    /// RX used entries of the current poll: buffer, used len ([`BAD_ENTRY`]: see
-    /// `popped_err`).
+    /// RX used entries of the current poll: buffer, used len (0 for entries in error).
     popped: Vec<(BufId, u32)>,
-    /// Errors of the entries marked [`BAD_ENTRY`] in `popped`, by position.
+    /// Errors of entries of `popped`, by position.
     popped_err: Vec<(usize, DeviceError)>,
     rx_kick: Option<EventFd>,
     tx_kick: Option<EventFd>,
@@ -437,23 +469,6 @@ impl<'m> ZcNet<'m> {
         }
     }
 
-    #[inline]
-    fn push_frame(
-        batch: &mut RxBatch,
-        first: usize,
-        len: u32,
-        head_len: u16,
-        error: Option<DeviceError>,
-    ) {
-        batch.metas.push(RxMeta {
-            len,
-            first: first as u32,
-            nbufs: (batch.bufs.len() - first) as u32,
-            head_len,
-            error,
-        });
-    }
-
     /// Takes the frames the device completed (used.idx read once) into `batch` (cleared
     /// first), copying the first [`RxBatch::peek`] bytes of each; returns how many frames.
     /// The frames' buffers now belong to the caller. A frame the device got wrong comes
@@ -461,13 +476,49 @@ impl<'m> ZcNet<'m> {
     /// receive queue is an error once the frames before the breakage were returned.
     pub fn rx_poll(&mut self, batch: &mut RxBatch) -> Result<usize> {
         batch.clear();
-        batch.hdr = self.hdr_len;
+        let (stride, peek, cap) = (batch.stride(), batch.peek, batch.capacity);
+        let RxBatch {
+            metas, bufs, heads, ..
+        } = batch;
+        self.rx_frames(cap, |_, f| {
+            let i = metas.len();
+            let first = bufs.len();
+            bufs.extend_from_slice(f.bufs);
+            let head_len = f.head.len().min(peek);
+            let slot = i * stride + HDR_ROOM;
+            heads[slot..slot + head_len].copy_from_slice(&f.head[..head_len]);
+            metas.push(RxMeta {
+                len: f.len as u32,
+                first: first as u32,
+                nbufs: f.bufs.len() as u32,
+                head_len: head_len as u16,
+                error: f.error.cloned(),
+            });
+        })
+    }
+
+    /// Like [`ZcNet::rx_poll`], without a batch: calls `f` with each frame as it is
+    /// assembled (its first 64 bytes, its buffers, which now belong to the caller) and a
+    /// [`FrameReader`] to read the whole of it if wanted. The fastest receive path.
+    #[inline]
+    pub fn rx_poll_with(&mut self, f: impl FnMut(&FrameReader<'_>, RxFrame<'_>)) -> Result<usize> {
+        let cap = usize::from(self.rx.queue_size());
+        self.rx_frames(cap, f)
+    }
+
+    /// Both receive paths: pass 1 takes up to `limit` used entries and prefetches their
+    /// buffers' first two cache lines (written by the device on another core, so that the
+    /// misses overlap); pass 2 assembles frames (num_buffers) and hands each to `f`.
+    #[inline]
+    fn rx_frames(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(&FrameReader<'_>, RxFrame<'_>),
+    ) -> Result<usize> {
         let pending = self.rx.used_pending()?;
-        // Pass 1: take the used entries and prefetch their buffers' first two cache lines
-        // (written by the device on another core), so that the misses overlap.
         self.popped.clear();
         self.popped_err.clear();
-        let limit = usize::from(pending).min(batch.capacity);
+        let limit = usize::from(pending).min(limit);
         let mut broken = None;
         while self.popped.len() < limit {
             match self.pop_rx() {
@@ -484,7 +535,7 @@ impl<'m> ZcNet<'m> {
                         _ => DeviceError::RxTooShort { len: 0, min: 0 },
                     };
                     self.popped_err.push((self.popped.len(), d));
-                    self.popped.push((b, BAD_ENTRY));
+                    self.popped.push((b, 0));
                 }
                 Err((e, None)) => {
                     broken = Some(e);
@@ -498,78 +549,89 @@ impl<'m> ZcNet<'m> {
                 None => Ok(0),
             };
         }
-        // Pass 2: assemble frames (num_buffers) and copy their first bytes.
-        let hdr = self.hdr_len;
-        let stride = batch.stride();
+        let ZcNet {
+            mem,
+            bufs,
+            popped,
+            popped_err,
+            stats,
+            hdr_len,
+            mrg,
+            ..
+        } = self;
+        let (hdr, mrg) = (*hdr_len, *mrg);
+        let reader = FrameReader { mem, bufs, hdr };
         let min = (hdr + 14) as u64;
-        let mut i = 0;
-        let n = self.popped.len();
+        let bad_at = |pos: usize| {
+            popped_err
+                .iter()
+                .find(|(p, _)| *p == pos)
+                .map(|(_, e)| e.clone())
+        };
+        let (n, mut i, mut frames) = (popped.len(), 0, 0);
+        let mut tmp = [0u8; FIXED_READ];
         while i < n {
-            let (b0, len0) = self.popped[i];
+            let first = i;
+            let (b0, len0) = popped[i];
             i += 1;
-            let first = batch.bufs.len();
-            if len0 == BAD_ENTRY {
-                batch.bufs.push((b0, 0));
-                self.stats.rx_errors += 1;
-                let e = self.bad_entry(i - 1);
-                Self::push_frame(batch, first, 0, 0, Some(e));
-                continue;
-            }
-            batch.bufs.push((b0, len0));
-            if (len0 as usize) < hdr {
-                self.stats.rx_errors += 1;
-                let e = DeviceError::RxTooShort {
+            frames += 1;
+            let mut error = if popped_err.is_empty() {
+                None
+            } else {
+                bad_at(first)
+            };
+            if error.is_none() && (len0 as usize) < hdr {
+                error = Some(DeviceError::RxTooShort {
                     len: len0.into(),
                     min,
-                };
-                Self::push_frame(batch, first, 0, 0, Some(e));
+                });
+            }
+            if let Some(e) = error {
+                stats.rx_errors += 1;
+                f(
+                    &reader,
+                    RxFrame {
+                        len: 0,
+                        bufs: &popped[first..i],
+                        head: &[],
+                        error: Some(&e),
+                    },
+                );
                 continue;
             }
-            let buf0 = self.bufs[b0 as usize];
-            let want = (len0 as usize).min(hdr + batch.peek);
-            // The header and the first bytes go straight into this frame's head slot.
-            let slot = batch.metas.len() * stride;
-            let tmp = &mut batch.heads[slot..slot + stride];
-            match <&mut [u8; FIXED_READ]>::try_from(&mut *tmp) {
-                // The common case, a constant-size copy (reading past the used length is
-                // harmless: the bytes are inside our buffer and never trusted).
-                Ok(fixed) if buf0.cap as usize >= FIXED_READ => {
-                    self.mem.read_fixed(buf0.offset, fixed)?
-                }
-                _ => self.mem.read(buf0.offset, &mut tmp[..want])?,
+            let buf0 = bufs[b0 as usize];
+            let want = (len0 as usize).min(FIXED_READ);
+            if buf0.cap as usize >= FIXED_READ {
+                // A constant-size copy (reading past the used length is harmless: the bytes
+                // are inside our buffer and never trusted).
+                mem.read_fixed(buf0.offset, &mut tmp)?;
+            } else {
+                mem.read(buf0.offset, &mut tmp[..want])?;
             }
-            let num_buffers = if self.mrg {
+            let num_buffers = if mrg {
                 let at = NUM_BUFFERS_OFFSET as usize;
                 u16::from_le_bytes([tmp[at], tmp[at + 1]])
             } else {
                 1
             };
             let left = n - i;
-            if num_buffers == 0 || usize::from(num_buffers) - 1 > left {
-                // Past the entries taken (a broken queue, or a device lying about
-                // num_buffers): an error frame; its further buffers, if any, are taken as
-                // frames of their own.
-                self.stats.rx_errors += 1;
-                let e = DeviceError::BadNumBuffers {
-                    num_buffers,
-                    available: left.min(usize::from(u16::MAX - 1)) as u16 + 1,
-                };
-                Self::push_frame(batch, first, 0, 0, Some(e));
-                continue;
-            }
             let mut total = u64::from(len0) - hdr as u64;
             let mut error = None;
-            for _ in 1..num_buffers {
-                let (b, len) = self.popped[i];
-                i += 1;
-                if len == BAD_ENTRY {
-                    batch.bufs.push((b, 0));
-                    if error.is_none() {
-                        error = Some(self.bad_entry(i - 1));
+            if num_buffers == 0 || usize::from(num_buffers) - 1 > left {
+                // More than was taken (a device lying about num_buffers, or a queue that
+                // broke): an error frame; its further buffers, if any, come as frames of
+                // their own.
+                error = Some(DeviceError::BadNumBuffers {
+                    num_buffers,
+                    available: left.min(usize::from(u16::MAX - 1)) as u16 + 1,
+                });
+            } else {
+                for _ in 1..num_buffers {
+                    if error.is_none() && !popped_err.is_empty() {
+                        error = bad_at(i);
                     }
-                } else {
-                    batch.bufs.push((b, len));
-                    total += u64::from(len);
+                    total += u64::from(popped[i].1);
+                    i += 1;
                 }
             }
             if error.is_none() && total < 14 {
@@ -584,50 +646,42 @@ impl<'m> ZcNet<'m> {
                     max: u32::MAX.into(),
                 });
             }
-            if error.is_some() {
-                self.stats.rx_errors += 1;
-                Self::push_frame(batch, first, 0, 0, error);
+            if let Some(e) = error {
+                stats.rx_errors += 1;
+                f(
+                    &reader,
+                    RxFrame {
+                        len: 0,
+                        bufs: &popped[first..i],
+                        head: &[],
+                        error: Some(&e),
+                    },
+                );
                 continue;
             }
-            let head_len = (want - hdr).min(total as usize);
-            Self::push_frame(batch, first, total as u32, head_len as u16, None);
+            let head_len = (want - hdr).min(total as usize).min(FIXED_READ - hdr);
+            f(
+                &reader,
+                RxFrame {
+                    len: total as usize,
+                    bufs: &popped[first..i],
+                    head: &tmp[hdr..hdr + head_len],
+                    error: None,
+                },
+            );
         }
-        Ok(batch.len())
-    }
-
-    /// The error of the entry at `pos` of `popped` (marked [`BAD_ENTRY`]).
-    fn bad_entry(&self, pos: usize) -> DeviceError {
-        self.popped_err
-            .iter()
-            .find(|(p, _)| *p == pos)
-            .map(|(_, e)| e.clone())
-            .unwrap_or(DeviceError::RxTooShort { len: 0, min: 0 })
+        Ok(frames)
     }
 
     /// Copies the whole of `frame` (net header excluded) into `out`; returns its length.
     /// Fails if `out` is too small.
     pub fn read_frame(&self, frame: &RxFrame<'_>, out: &mut [u8]) -> Result<usize> {
-        if out.len() < frame.len {
-            return Err(Error::InvalidArgument(format!(
-                "frame of {} bytes, buffer of {}",
-                frame.len,
-                out.len()
-            )));
+        FrameReader {
+            mem: self.mem,
+            bufs: &self.bufs,
+            hdr: self.hdr_len,
         }
-        let mut at = 0usize;
-        for (k, &(b, len)) in frame.bufs.iter().enumerate() {
-            let buf = self.buf(b)?;
-            let (skip, n) = if k == 0 {
-                (self.hdr_len, (len as usize).saturating_sub(self.hdr_len))
-            } else {
-                (0, len as usize)
-            };
-            let n = n.min(frame.len - at);
-            self.mem
-                .read(buf.offset + skip as u64, &mut out[at..at + n])?;
-            at += n;
-        }
-        Ok(at)
+        .read_frame(frame, out)
     }
 
     /// Free TX descriptors.

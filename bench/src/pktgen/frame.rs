@@ -28,6 +28,10 @@ pub const HEAD_LEN: usize = 64;
 pub const UDP_DST_PORT: u16 = 0x5047;
 /// UDP source port of stream 0 (stream `s` uses `UDP_SRC_BASE + s`).
 pub const UDP_SRC_BASE: u16 = 0xC000;
+/// Where the per-packet stamp starts in the frame.
+pub const STAMP_OFFSET: usize = 42;
+/// Length of the stamp (sequence number, time, flow, check).
+pub const STAMP_LEN: usize = HEAD_LEN - STAMP_OFFSET;
 /// Bytes of preamble, start delimiter and inter-frame gap counted per frame for line-rate
 /// Gbps.
 pub const WIRE_OVERHEAD: u64 = 20;
@@ -221,11 +225,22 @@ impl Template {
             let csum = fold(ones_sum(&out[OFF_SRC_IP..OFF_UDP], self.ip_static_sum));
             out[OFF_IP_CSUM..OFF_SRC_IP].copy_from_slice(&csum.to_be_bytes());
         }
-        out[OFF_SEQ..OFF_TS].copy_from_slice(&seq.to_le_bytes());
-        out[OFF_TS..OFF_FLOW].copy_from_slice(&ts.to_le_bytes());
-        out[OFF_FLOW..OFF_CHECK].copy_from_slice(&flow.to_le_bytes());
+        let mut fields = [0u8; STAMP_LEN];
+        self.stamp_fields(&mut fields, flow, seq, ts);
+        out[STAMP_OFFSET..].copy_from_slice(&fields);
+    }
+
+    /// Writes only the per-packet stamp (bytes [`STAMP_OFFSET`].. of the frame: sequence
+    /// number, time, flow, check) into `out`: all that changes per packet when the
+    /// addresses do not (one flow).
+    #[inline]
+    pub fn stamp_fields(&self, out: &mut [u8; STAMP_LEN], flow: u16, seq: u64, ts: u64) {
+        let o = OFF_SEQ;
+        out[OFF_SEQ - o..OFF_TS - o].copy_from_slice(&seq.to_le_bytes());
+        out[OFF_TS - o..OFF_FLOW - o].copy_from_slice(&ts.to_le_bytes());
+        out[OFF_FLOW - o..OFF_CHECK - o].copy_from_slice(&flow.to_le_bytes());
         let c = check(self.stream, flow, seq, ts, self.len);
-        out[OFF_CHECK..HEAD_LEN].copy_from_slice(&c.to_le_bytes());
+        out[OFF_CHECK - o..].copy_from_slice(&c.to_le_bytes());
     }
 }
 

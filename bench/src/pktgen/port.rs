@@ -8,7 +8,7 @@
 //! allocated per packet.
 
 use super::clock::now_ns;
-use super::frame::{self, Parsed, Template, HEAD_LEN, MAX_FRAME};
+use super::frame::{self, Parsed, Template, HEAD_LEN, MAX_FRAME, STAMP_LEN, STAMP_OFFSET};
 use super::histogram::Histogram;
 use super::rate::RateLimiter;
 use super::seq::SeqTracker;
@@ -236,6 +236,46 @@ pub(crate) struct PortRt<'m> {
     pub error: Option<String>,
 }
 
+/// Counts one good received frame: parse its head, track its sequence number and latency
+/// per stream; with `full` (a reader and a scratch buffer) also check the whole frame.
+#[inline]
+fn account<R: Fn(&RxFrame<'_>, &mut [u8]) -> Option<usize>>(
+    dirs: &mut [Option<Box<DirRx>>],
+    c: &mut PortCounters,
+    flows: u32,
+    now: u64,
+    f: &RxFrame<'_>,
+    full: Option<(&R, &mut [u8])>,
+) {
+    c.rx_packets += 1;
+    c.rx_bytes += f.len as u64;
+    match frame::parse(f.head, f.len) {
+        Parsed::Ok(st) => {
+            let d = dirs[usize::from(st.stream)].get_or_insert_with(|| Box::new(DirRx::new(flows)));
+            d.seq.record(st.flow, st.seq);
+            d.bytes += f.len as u64;
+            d.hist.record(now.saturating_sub(st.ts));
+            if let Some((read, scratch)) = full {
+                c.verified += 1;
+                let ok = match read(f, scratch) {
+                    Some(len) => frame::verify_full(&scratch[..len], &st),
+                    None => false,
+                };
+                if !ok {
+                    d.corrupted += 1;
+                }
+            }
+        }
+        Parsed::Corrupt(Some(s)) => {
+            dirs[usize::from(s)]
+                .get_or_insert_with(|| Box::new(DirRx::new(flows)))
+                .corrupted += 1;
+        }
+        Parsed::Corrupt(None) => c.rx_corrupt += 1,
+        Parsed::Foreign => c.rx_foreign += 1,
+    }
+}
+
 impl<'m> PortRt<'m> {
     /// Lays the port out in `mem` per `plan`: rings at 0, buffers after; prebuilds the TX
     /// frames; posts the RX buffers (published, not kicked). Returns the port and its rings.
@@ -412,6 +452,7 @@ impl<'m> PortRt<'m> {
         }
         let mem = net.mem();
         let mut head = [0u8; HEAD_LEN];
+        let mut stamp = [0u8; STAMP_LEN];
         let mut sent = 0u32;
         let mut bytes = 0u64;
         let mut result = Ok(());
@@ -421,10 +462,16 @@ impl<'m> PortRt<'m> {
                 break;
             };
             let t = &g.templates[class];
-            t.stamp(&mut head, g.flow as u16, g.round, now, g.vary);
-            let posted = mem
-                .write(net.buf_offset(b) + *hdr as u64, &head)
-                .and_then(|()| net.tx_post(b, g.tx_len[class]));
+            let at = net.buf_offset(b) + *hdr as u64;
+            let written = if g.vary {
+                t.stamp(&mut head, g.flow as u16, g.round, now, true);
+                mem.write(at, &head)
+            } else {
+                // One flow: the addresses in the buffer stay; only the stamp changes.
+                t.stamp_fields(&mut stamp, 0, g.round, now);
+                mem.write(at + STAMP_OFFSET as u64, &stamp)
+            };
+            let posted = written.and_then(|()| net.tx_post(b, g.tx_len[class]));
             if let Err(e) = posted {
                 class_free[class].push(b);
                 result = Err(e);
@@ -461,16 +508,66 @@ impl<'m> PortRt<'m> {
         if !self.rx_on {
             return Ok(0);
         }
+        if self.echo {
+            return self.rx_burst_echo();
+        }
         let PortRt {
             net,
-            batch,
             rx_free,
             dirs,
             c,
             scratch,
             verify,
             verify_ctr,
-            echo,
+            flows,
+            ..
+        } = self;
+        let mut now = 0;
+        let n = net.rx_poll_with(|rd, f| {
+            if f.error.is_none() {
+                if now == 0 {
+                    now = now_ns();
+                }
+                let full = match *verify {
+                    Verify::None => false,
+                    Verify::All => true,
+                    Verify::Sample(k) => {
+                        *verify_ctr += 1;
+                        let hit = *verify_ctr >= k;
+                        if hit {
+                            *verify_ctr = 0;
+                        }
+                        hit
+                    }
+                };
+                let reader = |f: &RxFrame<'_>, out: &mut [u8]| rd.read_frame(f, out).ok();
+                account(
+                    dirs,
+                    c,
+                    *flows,
+                    now,
+                    &f,
+                    full.then_some((&reader, &mut scratch[..])),
+                );
+            } else {
+                c.rx_errors += 1;
+            }
+            rx_free.extend(f.bufs.iter().map(|&(b, _)| b));
+        })?;
+        if n > 0 {
+            Self::refill_parts(net, rx_free)?;
+        }
+        Ok(n)
+    }
+
+    /// The loopback receive path: frames are accounted, then sent back out in place.
+    fn rx_burst_echo(&mut self) -> Result<usize> {
+        let PortRt {
+            net,
+            batch,
+            rx_free,
+            dirs,
+            c,
             macswap,
             flows,
             hdr,
@@ -488,55 +585,12 @@ impl<'m> PortRt<'m> {
                 rx_free.extend(f.bufs.iter().map(|&(b, _)| b));
                 continue;
             }
-            c.rx_packets += 1;
-            c.rx_bytes += f.len as u64;
-            match frame::parse(f.head, f.len) {
-                Parsed::Ok(st) => {
-                    let d = dirs[usize::from(st.stream)]
-                        .get_or_insert_with(|| Box::new(DirRx::new(*flows)));
-                    d.seq.record(st.flow, st.seq);
-                    d.bytes += f.len as u64;
-                    d.hist.record(now.saturating_sub(st.ts));
-                    let full = !*echo
-                        && match *verify {
-                            Verify::None => false,
-                            Verify::All => true,
-                            Verify::Sample(k) => {
-                                *verify_ctr += 1;
-                                if *verify_ctr >= k {
-                                    *verify_ctr = 0;
-                                    true
-                                } else {
-                                    false
-                                }
-                            }
-                        };
-                    if full {
-                        c.verified += 1;
-                        let ok = match net.read_frame(&f, scratch) {
-                            Ok(len) => frame::verify_full(&scratch[..len], &st),
-                            Err(_) => false,
-                        };
-                        if !ok {
-                            d.corrupted += 1;
-                        }
-                    }
-                }
-                Parsed::Corrupt(Some(s)) => {
-                    dirs[usize::from(s)]
-                        .get_or_insert_with(|| Box::new(DirRx::new(*flows)))
-                        .corrupted += 1;
-                }
-                Parsed::Corrupt(None) => c.rx_corrupt += 1,
-                Parsed::Foreign => c.rx_foreign += 1,
-            }
-            if *echo && Self::echo_one(net, &f, *hdr, *macswap) {
+            account::<fn(&RxFrame<'_>, &mut [u8]) -> Option<usize>>(dirs, c, *flows, now, &f, None);
+            if Self::echo_one(net, &f, *hdr, *macswap) {
                 echoed += 1;
                 echo_bytes += f.len as u64;
             } else {
-                if *echo {
-                    c.echo_dropped += 1;
-                }
+                c.echo_dropped += 1;
                 rx_free.extend(f.bufs.iter().map(|&(b, _)| b));
             }
         }
