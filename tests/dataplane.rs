@@ -299,29 +299,7 @@ fn get_vring_base_then_reconnect_resumes_at_the_right_index() {
     let mut fe = d.connect("p0");
     negotiate(&mut fe, REPLY_ACK | MQ | STATUS, GUEST_FEATURES);
     fe.set_mem_table(&[(m0.region(), m0.fd())], true).unwrap();
-    use std::os::fd::AsRawFd;
-    fe.setup_vring(
-        0,
-        &a.layout.rx,
-        rx_base,
-        0,
-        Some(a.kicks[0].as_raw_fd()),
-        Some(a.calls[0].as_raw_fd()),
-        true,
-    )
-    .unwrap();
-    fe.setup_vring(
-        1,
-        &a.layout.tx,
-        tx_base,
-        0,
-        Some(a.kicks[1].as_raw_fd()),
-        Some(a.calls[1].as_raw_fd()),
-        true,
-    )
-    .unwrap();
-    fe.set_vring_enable(0, true, true).unwrap();
-    fe.set_vring_enable(1, true, true).unwrap();
+    start_rings(&mut fe, &a.layout, &a.kicks, &a.calls, rx_base, tx_base);
     d.wait_log(&format!(
         "ring started port=p0 ring=1 size=256 base={tx_base}"
     ));

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
@@ -41,30 +40,7 @@ fn vring_base_stop_start_cycles_during_traffic() {
         a.send_all(&frames);
         seq += 48;
         // QEMU stop/cont: GET_VRING_BASE stops both rings, SET_VRING_BASE + KICK restart.
-        let tx_base = a.fe.get_vring_base(1).unwrap();
-        let rx_base = a.fe.get_vring_base(0).unwrap();
-        a.fe.setup_vring(
-            0,
-            &a.layout.rx,
-            rx_base,
-            0,
-            Some(a.kicks[0].as_raw_fd()),
-            Some(a.calls[0].as_raw_fd()),
-            true,
-        )
-        .unwrap();
-        a.fe.setup_vring(
-            1,
-            &a.layout.tx,
-            tx_base,
-            0,
-            Some(a.kicks[1].as_raw_fd()),
-            Some(a.calls[1].as_raw_fd()),
-            true,
-        )
-        .unwrap();
-        a.fe.set_vring_enable(0, true, true).unwrap();
-        a.fe.set_vring_enable(1, true, true).unwrap();
+        a.stop_and_restart_rings();
         a.wait_tx_done();
         collect(&mut b, &mut seen, 48, WAIT);
         assert_eq!(
@@ -119,23 +95,14 @@ fn reattach(vm: &mut Vm<'_>, mut fe: Frontend, mem: &bench::memory::SharedMemory
     negotiate(&mut fe, REPLY_ACK | MQ | STATUS, GUEST_FEATURES);
     fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();
     fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();
-    for (i, ring) in [vm.layout.rx, vm.layout.tx].iter().enumerate() {
-        // The used index in memory is where the device got to (QEMU sends the same).
+    // The used index in memory is where the device got to (QEMU sends the same).
+    let used_idx = |ring: &bench::vring::Vring| {
         let mut used = [0u8; 2];
         mem.read(ring.used_offset() + 2, &mut used).unwrap();
-        let base = u32::from(u16::from_le_bytes(used));
-        fe.setup_vring(
-            i as u32,
-            ring,
-            base,
-            0,
-            Some(vm.kicks[i].as_raw_fd()),
-            Some(vm.calls[i].as_raw_fd()),
-            true,
-        )
-        .unwrap();
-        fe.set_vring_enable(i as u32, true, true).unwrap();
-    }
+        u32::from(u16::from_le_bytes(used))
+    };
+    let (rx_base, tx_base) = (used_idx(&vm.layout.rx), used_idx(&vm.layout.tx));
+    start_rings(&mut fe, &vm.layout, &vm.kicks, &vm.calls, rx_base, tx_base);
     vm.fe = fe;
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,30 +110,7 @@ fn soak() {
         match round % 50 {
             // A ring stop/start cycle on p0 (QEMU stop/cont).
             10 => {
-                let tx_base = a.fe.get_vring_base(1).unwrap();
-                let rx_base = a.fe.get_vring_base(0).unwrap();
-                a.fe.setup_vring(
-                    0,
-                    &a.layout.rx,
-                    rx_base,
-                    0,
-                    Some(a.kicks[0].as_raw_fd()),
-                    Some(a.calls[0].as_raw_fd()),
-                    true,
-                )
-                .unwrap();
-                a.fe.setup_vring(
-                    1,
-                    &a.layout.tx,
-                    tx_base,
-                    0,
-                    Some(a.kicks[1].as_raw_fd()),
-                    Some(a.calls[1].as_raw_fd()),
-                    true,
-                )
-                .unwrap();
-                a.fe.set_vring_enable(0, true, true).unwrap();
-                a.fe.set_vring_enable(1, true, true).unwrap();
+                a.stop_and_restart_rings();
                 events[0] += 1;
             }
             // The memory table again, while traffic runs.

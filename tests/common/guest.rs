@@ -115,6 +115,35 @@ pub fn attach_fe<'m>(
     }
 }
 
+/// Configures and starts both rings of a guest over `fe` at the given bases, with its
+/// eventfds, and enables them (what a reconnecting or resuming front-end does).
+pub fn start_rings(
+    fe: &mut Frontend,
+    layout: &NetLayout,
+    kicks: &[EventFd; 2],
+    calls: &[EventFd; 2],
+    rx_base: u32,
+    tx_base: u32,
+) {
+    for (i, (ring, base)) in [(layout.rx, rx_base), (layout.tx, tx_base)]
+        .into_iter()
+        .enumerate()
+    {
+        fe.setup_vring(
+            i as u32,
+            &ring,
+            base,
+            0,
+            Some(kicks[i].as_raw_fd()),
+            Some(calls[i].as_raw_fd()),
+            true,
+        )
+        .unwrap();
+    }
+    fe.set_vring_enable(0, true, true).unwrap();
+    fe.set_vring_enable(1, true, true).unwrap();
+}
+
 /// A test frame of `len` bytes from `src` to `dst` carrying `seq`.
 pub fn make_frame(len: usize, dst: [u8; 6], src: [u8; 6], seq: u64) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -123,6 +152,20 @@ pub fn make_frame(len: usize, dst: [u8; 6], src: [u8; 6], seq: u64) -> Vec<u8> {
 }
 
 impl Vm<'_> {
+    /// QEMU's stop/cont: GET_VRING_BASE stops both rings, which restart where they stopped.
+    pub fn stop_and_restart_rings(&mut self) {
+        let tx_base = self.fe.get_vring_base(1).unwrap();
+        let rx_base = self.fe.get_vring_base(0).unwrap();
+        start_rings(
+            &mut self.fe,
+            &self.layout,
+            &self.kicks,
+            &self.calls,
+            rx_base,
+            tx_base,
+        );
+    }
+
     /// Sends every frame (retrying while the TX ring is full), reclaiming as it goes.
     pub fn send_all(&mut self, frames: &[Vec<u8>]) {
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
