@@ -13,41 +13,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn frames(n: usize, len: usize, dst: [u8; 6], src: [u8; 6], first_seq: u64) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| make_frame(len, dst, src, first_seq + i as u64))
-        .collect()
-}
-
-/// Sends `n` frames of `len` bytes from `a` to `b` and checks each arrives intact, in order.
-/// Frames go in chunks no larger than `b`'s posted RX buffers, each chunk drained before
-/// the next, so a slow receiver cannot turn into drops.
-fn exchange(a: &mut Vm<'_>, b: &mut Vm<'_>, n: usize, len: usize, first_seq: u64) {
-    const CHUNK: usize = 64;
-    let sent = frames(n, len, b.mac, a.mac, first_seq);
-    let mut got = Vec::with_capacity(n);
-    for chunk in sent.chunks(CHUNK) {
-        a.send_all(chunk);
-        a.wait_tx_done();
-        got.extend(b.recv_n(chunk.len(), WAIT));
-    }
-    assert_eq!(
-        got.len(),
-        n,
-        "{} of {n} frames of {len} bytes arrived",
-        got.len()
-    );
-    for (i, f) in got.iter().enumerate() {
-        assert_eq!(f.len(), len);
-        assert_eq!(
-            frame::verify(f).unwrap(),
-            first_seq + i as u64,
-            "frame {i} corrupted or reordered"
-        );
-        assert_eq!(f, &sent[i]);
-    }
-}
-
 #[test]
 fn frames_of_64_and_1500_bytes_cross_intact_both_ways() {
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
@@ -222,18 +187,7 @@ fn fdb_entries_age_out_and_disconnect_forgets_the_port() {
 fn xconnect_pairs_ports_in_order() {
     let d = Daemon::start(&["p0", "p1", "p2", "p3"], &["--mode", "xconnect"]);
     let mems: Vec<_> = (0..4).map(|_| memory()).collect();
-    let mut g: Vec<_> = (0..4)
-        .map(|i| {
-            attach(
-                &d,
-                &format!("p{i}"),
-                &mems[i],
-                GUEST_FEATURES,
-                2048,
-                local_mac(i as u32 + 1),
-            )
-        })
-        .collect();
+    let mut g = attach_ports(&d, &mems);
     // Whatever the MACs say, p0 goes to p1 and p2 to p3.
     g[0].send_all(&frames(10, 64, BROADCAST, local_mac(1), 0));
     g[2].send_all(&frames(10, 64, local_mac(1), local_mac(3), 0));
@@ -379,18 +333,7 @@ fn guest_is_interrupted_only_when_it_asks_and_never_asked_to_kick() {
 fn hostile(damage: impl FnOnce(&mut Vm<'_>), expect_drop: Option<&str>) {
     let mut d = Daemon::start(&["p0", "p1", "p2", "p3"], &["--mode", "xconnect"]);
     let mems: Vec<_> = (0..4).map(|_| memory()).collect();
-    let mut g: Vec<_> = (0..4)
-        .map(|i| {
-            attach(
-                &d,
-                &format!("p{i}"),
-                &mems[i],
-                GUEST_FEATURES,
-                2048,
-                local_mac(i as u32 + 1),
-            )
-        })
-        .collect();
+    let mut g = attach_ports(&d, &mems);
     let [a, b, bad, _] = g.as_mut_slice() else {
         unreachable!("four guests")
     };

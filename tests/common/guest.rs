@@ -144,6 +144,64 @@ pub fn start_rings(
     fe.set_vring_enable(1, true, true).unwrap();
 }
 
+/// Guests on ports p0, p1, ... (one per memory), modern features, 2 KiB RX buffers, MACs
+/// `local_mac(1)`, `local_mac(2)`, ...
+pub fn attach_ports<'m, M: std::borrow::Borrow<SharedMemory>>(
+    d: &Daemon,
+    mems: &'m [M],
+) -> Vec<Vm<'m>> {
+    mems.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            attach(
+                d,
+                &format!("p{i}"),
+                m.borrow(),
+                GUEST_FEATURES,
+                2048,
+                bench::driver::frame::local_mac(i as u32 + 1),
+            )
+        })
+        .collect()
+}
+
+/// `n` test frames of `len` bytes from `src` to `dst`, sequence numbers from `first_seq`.
+pub fn frames(n: usize, len: usize, dst: [u8; 6], src: [u8; 6], first_seq: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| make_frame(len, dst, src, first_seq + i as u64))
+        .collect()
+}
+
+/// Sends `n` frames of `len` bytes from `a` to `b` and checks each arrives intact, in order.
+/// Frames go in chunks no larger than `b`'s posted RX buffers, each chunk drained before
+/// the next, so a slow receiver cannot turn into drops.
+pub fn exchange(a: &mut Vm<'_>, b: &mut Vm<'_>, n: usize, len: usize, first_seq: u64) {
+    const CHUNK: usize = 64;
+    let sent = frames(n, len, b.mac, a.mac, first_seq);
+    let mut got = Vec::with_capacity(n);
+    for chunk in sent.chunks(CHUNK) {
+        a.send_all(chunk);
+        a.wait_tx_done();
+        got.extend(b.recv_n(chunk.len(), TIMEOUT));
+    }
+    assert_eq!(
+        got.len(),
+        n,
+        "{} of {n} frames of {len} bytes arrived",
+        got.len()
+    );
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f.len(), len);
+        let seq = bench::driver::frame::verify(f).unwrap();
+        assert_eq!(
+            seq,
+            first_seq + i as u64,
+            "frame {i} corrupted or reordered"
+        );
+        assert_eq!(f, &sent[i]);
+    }
+}
+
 /// A test frame of `len` bytes from `src` to `dst` carrying `seq`.
 pub fn make_frame(len: usize, dst: [u8; 6], src: [u8; 6], seq: u64) -> Vec<u8> {
     let mut f = vec![0u8; len];
