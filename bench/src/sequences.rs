@@ -447,65 +447,17 @@ mod tests {
     use super::*;
     use crate::memory::HugePages;
     use crate::payload;
-    use crate::wire::testpeer::{recv_msg, reply};
-    use crate::wire::FLAG_NEED_REPLY;
+    use crate::wire::testpeer::{scripted_backend, Seen};
     use std::thread::JoinHandle;
     use std::time::Duration;
     use vhost::vhost_user::message::FrontendReq as R;
 
-    /// What the fake backend saw of one message.
-    #[derive(Debug, Clone, PartialEq)]
-    struct Seen {
-        req: u32,
-        need_reply: bool,
-        size: u32,
-        nfds: usize,
-        payload: Vec<u8>,
-    }
-
-    /// A scripted backend: answers GETs, acks NEED_REPLY, keeps the status, records all.
     fn fake_backend(
         features: u64,
         protocol: u64,
         status_mask: u64,
     ) -> (UnixStream, JoinHandle<Vec<Seen>>) {
-        let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut status = 0u64;
-            while let Some(m) = recv_msg(&b) {
-                let need_reply = m.flags & FLAG_NEED_REPLY != 0;
-                seen.push(Seen {
-                    req: m.request,
-                    need_reply,
-                    size: m.size,
-                    nfds: m.fds.len(),
-                    payload: m.payload.clone(),
-                });
-                let answer: Option<Vec<u8>> = match R::try_from(m.request) {
-                    Ok(R::GET_FEATURES) => Some(features.to_ne_bytes().to_vec()),
-                    Ok(R::GET_PROTOCOL_FEATURES) => Some(protocol.to_ne_bytes().to_vec()),
-                    Ok(R::GET_QUEUE_NUM) => Some(1u64.to_ne_bytes().to_vec()),
-                    Ok(R::GET_MAX_MEM_SLOTS) => Some(8u64.to_ne_bytes().to_vec()),
-                    Ok(R::GET_STATUS) => Some(status.to_ne_bytes().to_vec()),
-                    Ok(R::GET_VRING_BASE) => {
-                        let idx = payload::read_u32(&m.payload, 0).unwrap();
-                        Some(payload::vring_state(idx, 100 + idx).to_vec())
-                    }
-                    _ => {
-                        if m.request == u32::from(R::SET_STATUS) {
-                            status = payload::read_u64(&m.payload, 0).unwrap() & status_mask;
-                        }
-                        need_reply.then(|| 0u64.to_ne_bytes().to_vec())
-                    }
-                };
-                if let Some(p) = answer {
-                    reply(&b, m.request, &p);
-                }
-            }
-            seen
-        });
-        (a, t)
+        scripted_backend(features, protocol, status_mask, 100)
     }
 
     fn setup() -> (SharedMemory, Vec<Ring>) {

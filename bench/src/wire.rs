@@ -376,6 +376,66 @@ pub(crate) mod testpeer {
             "unexpected pending data: {r:?}"
         );
     }
+
+    /// What the scripted backend saw of one message.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Seen {
+        pub req: u32,
+        pub need_reply: bool,
+        pub size: u32,
+        pub nfds: usize,
+        pub payload: Vec<u8>,
+    }
+
+    /// A scripted backend on one end of a socketpair: answers the GETs a net front-end
+    /// sends (GET_VRING_BASE with `vring_base + ring index`), acks NEED_REPLY, keeps the
+    /// status it is set (masked with `status_mask`) and records every message.
+    pub(crate) fn scripted_backend(
+        features: u64,
+        protocol: u64,
+        status_mask: u64,
+        vring_base: u32,
+    ) -> (UnixStream, std::thread::JoinHandle<Vec<Seen>>) {
+        use crate::payload;
+        use vhost::vhost_user::message::FrontendReq as R;
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut status = 0u64;
+            while let Some(m) = recv_msg(&b) {
+                let need_reply = m.flags & FLAG_NEED_REPLY != 0;
+                seen.push(Seen {
+                    req: m.request,
+                    need_reply,
+                    size: m.size,
+                    nfds: m.fds.len(),
+                    payload: m.payload.clone(),
+                });
+                let answer: Option<Vec<u8>> = match R::try_from(m.request) {
+                    Ok(R::GET_FEATURES) => Some(features.to_ne_bytes().to_vec()),
+                    Ok(R::GET_PROTOCOL_FEATURES) => Some(protocol.to_ne_bytes().to_vec()),
+                    Ok(R::GET_QUEUE_NUM) => Some(1u64.to_ne_bytes().to_vec()),
+                    Ok(R::GET_MAX_MEM_SLOTS) => Some(8u64.to_ne_bytes().to_vec()),
+                    Ok(R::GET_STATUS) => Some(status.to_ne_bytes().to_vec()),
+                    Ok(R::GET_VRING_BASE) => {
+                        let idx = payload::read_u32(&m.payload, 0).unwrap();
+                        Some(payload::vring_state(idx, vring_base + idx).to_vec())
+                    }
+                    _ => {
+                        if m.request == u32::from(R::SET_STATUS) {
+                            status = payload::read_u64(&m.payload, 0).unwrap() & status_mask;
+                        }
+                        need_reply.then(|| 0u64.to_ne_bytes().to_vec())
+                    }
+                };
+                if let Some(p) = answer {
+                    reply(&b, m.request, &p);
+                }
+            }
+            seen
+        });
+        (a, t)
+    }
 }
 
 #[cfg(test)]

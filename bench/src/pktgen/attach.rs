@@ -219,45 +219,24 @@ mod tests {
 
     use super::*;
     use crate::memory::HugePages;
-    use crate::payload;
-    use crate::wire::testpeer::{recv_msg, reply};
-    use crate::wire::FLAG_NEED_REPLY;
+    use crate::wire::testpeer::scripted_backend;
 
-    /// A scripted backend: answers GETs, acks NEED_REPLY, keeps the status (masked).
+    /// The shared scripted backend (GET_VRING_BASE answers 7, 8), seen as (request,
+    /// NEED_REPLY) pairs.
     fn backend(
         features: u64,
         protocol: u64,
         status_mask: u64,
     ) -> (UnixStream, JoinHandle<Vec<(u32, bool)>>) {
-        let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut status = 0u64;
-            while let Some(m) = recv_msg(&b) {
-                let need_reply = m.flags & FLAG_NEED_REPLY != 0;
-                seen.push((m.request, need_reply));
-                let answer = match R::try_from(m.request) {
-                    Ok(R::GET_FEATURES) => Some(features.to_ne_bytes().to_vec()),
-                    Ok(R::GET_PROTOCOL_FEATURES) => Some(protocol.to_ne_bytes().to_vec()),
-                    Ok(R::GET_STATUS) => Some(status.to_ne_bytes().to_vec()),
-                    Ok(R::GET_VRING_BASE) => {
-                        let i = payload::read_u32(&m.payload, 0).unwrap();
-                        Some(payload::vring_state(i, 7 + i).to_vec())
-                    }
-                    _ => {
-                        if m.request == u32::from(R::SET_STATUS) {
-                            status = payload::read_u64(&m.payload, 0).unwrap() & status_mask;
-                        }
-                        need_reply.then(|| 0u64.to_ne_bytes().to_vec())
-                    }
-                };
-                if let Some(p) = answer {
-                    reply(&b, m.request, &p);
-                }
-            }
-            seen
+        let (sock, t) = scripted_backend(features, protocol, status_mask, 7);
+        let pairs = std::thread::spawn(move || {
+            t.join()
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.req, m.need_reply))
+                .collect()
         });
-        (a, t)
+        (sock, pairs)
     }
 
     const OFFERED: u64 =
