@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bench::pktgen::{self, Config, FrameSize, Mode, PortSpec, Role};
+use bench::pktgen::{self, Config, FrameSize, Mode, PortSpec};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -104,11 +104,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ports: socks
             .iter()
             .zip(["a", "b"])
-            .map(|(s, n)| PortSpec {
-                name: n.into(),
-                socket: s.clone(),
-                role: Role::Client,
-            })
+            .map(|(s, n)| PortSpec::client(n, s))
             .collect(),
         mode: Mode::Pair,
         size: FrameSize::Fixed(args.size as usize),

@@ -5,9 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bench::pktgen::{
-    self, Config, FrameSize, Mode, PortSpec, Progress, Report, Rfc2544Options, Role,
-};
+use bench::pktgen::{self, Config, FrameSize, Mode, PortSpec, Progress, Report, Rfc2544Options};
 use common::guest::assert_conservation;
 use common::*;
 
@@ -15,11 +13,7 @@ fn config(d: &Daemon, ports: &[&str], mode: Mode) -> Config {
     Config {
         ports: ports
             .iter()
-            .map(|p| PortSpec {
-                name: p.to_string(),
-                socket: d.sock(p),
-                role: Role::Client,
-            })
+            .map(|p| PortSpec::client(p, d.sock(p)))
             .collect(),
         mode,
         duration: Duration::from_millis(800),
@@ -245,11 +239,7 @@ fn pktgen_against_dpdk_net_vhost_backend() {
         ports: socks
             .iter()
             .zip(["a", "b"])
-            .map(|(s, n)| PortSpec {
-                name: n.into(),
-                socket: s.clone(),
-                role: Role::Client,
-            })
+            .map(|(s, n)| PortSpec::client(n, s))
             .collect(),
         mode: Mode::Pair,
         duration: Duration::from_secs(1),
