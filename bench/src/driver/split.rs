@@ -491,6 +491,23 @@ impl<'m> DriverQueue<'m> {
 
     /// Puts `head` in the next avail slot (not yet published) and records it.
     #[inline]
+    /// Takes the free descriptor `head` as a one-descriptor chain (a single buffer, or an
+    /// indirect table) and records it in flight; `writable` is its device-writable length.
+    fn claim_single(&mut self, head: u16, writable: u32) {
+        self.free_head = self.next[usize::from(head)];
+        self.num_free -= 1;
+        self.push_head(
+            head,
+            HeadState {
+                in_flight: true,
+                ndesc: 1,
+                last: head,
+                writable,
+                avail_pos: 0,
+            },
+        );
+    }
+
     fn push_head(&mut self, head: u16, state: HeadState) {
         self.heads[usize::from(head)] = HeadState {
             avail_pos: self.next_avail,
@@ -567,18 +584,7 @@ impl<'m> DriverQueue<'m> {
         if self.ring.read_desc(head) != d {
             self.ring.write_desc(head, d);
         }
-        self.free_head = self.next[usize::from(head)];
-        self.num_free -= 1;
-        self.push_head(
-            head,
-            HeadState {
-                in_flight: true,
-                ndesc: 1,
-                last: head,
-                writable: if writable { len } else { 0 },
-                avail_pos: 0,
-            },
-        );
+        self.claim_single(head, if writable { len } else { 0 });
         Ok(head)
     }
 
@@ -611,18 +617,7 @@ impl<'m> DriverQueue<'m> {
                 next: 0,
             },
         );
-        self.free_head = self.next[usize::from(head)];
-        self.num_free -= 1;
-        self.push_head(
-            head,
-            HeadState {
-                in_flight: true,
-                ndesc: 1,
-                last: head,
-                writable,
-                avail_pos: 0,
-            },
-        );
+        self.claim_single(head, writable);
         Ok(head)
     }
 
