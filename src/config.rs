@@ -39,8 +39,13 @@ pub struct PortConfig {
     pub queue_pairs: u16,
     /// MAC address in the device config space.
     pub mac: [u8; 6],
-    /// MACs pinned to this port in the FDB (never aged, never moved).
+    /// MACs pinned to this port in the FDB (never aged, never moved): the `static_macs`
+    /// list, and the `mac` when it was configured explicitly (the port owns it).
     pub static_macs: Vec<[u8; 6]>,
+    /// Source MACs this port may send from (port security); empty: any.
+    pub allowed_macs: Vec<[u8; 6]>,
+    /// MACs the FDB may learn on this port at once.
+    pub max_learned_macs: u32,
 }
 
 /// Everything the daemon runs with.
@@ -62,6 +67,14 @@ pub struct Config {
     pub max_guest_memory_mb: u64,
     /// Ports the switch accepts in its configuration.
     pub max_ports: usize,
+    /// Largest frame taken from a guest, in bytes after the virtio-net header.
+    pub max_frame_len: u32,
+    /// File descriptors one vhost-user message may carry; more closes the connection.
+    pub max_fds_per_message: usize,
+    /// File descriptors one front-end connection may make the switch hold at once.
+    pub max_fds_per_connection: usize,
+    /// Seconds a configuration change waits for every PMD before the switch exits.
+    pub quiesce_timeout_secs: u64,
 }
 
 /// A configuration that cannot run.
@@ -102,6 +115,11 @@ struct FileConfig {
     fdb_aging_secs: Option<u64>,
     max_guest_memory_mb: Option<u64>,
     max_ports: Option<usize>,
+    max_frame_len: Option<u32>,
+    max_fds_per_message: Option<usize>,
+    max_fds_per_connection: Option<usize>,
+    max_learned_macs: Option<u32>,
+    quiesce_timeout_secs: Option<u64>,
     #[serde(default, rename = "port")]
     ports: Vec<FilePort>,
 }
@@ -117,6 +135,9 @@ struct FilePort {
     mac: Option<String>,
     #[serde(default)]
     static_macs: Vec<String>,
+    #[serde(default)]
+    allowed_macs: Vec<String>,
+    max_learned_macs: Option<u32>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -138,6 +159,10 @@ pub struct Overrides {
     pub fdb_aging_secs: Option<u64>,
     /// `--max-guest-memory-mb`.
     pub max_guest_memory_mb: Option<u64>,
+    /// `--max-frame-len`.
+    pub max_frame_len: Option<u32>,
+    /// `--max-learned-macs` (per port).
+    pub max_learned_macs: Option<u32>,
 }
 
 /// Default cap of guest memory per front-end: 64 GiB.
@@ -148,6 +173,13 @@ pub const DEFAULT_MAX_PORTS: usize = 256;
 pub const DEFAULT_FDB_AGING_SECS: u64 = 300;
 /// Default and upper limit of memory regions per port.
 pub const DEFAULT_MAX_MEM_SLOTS: u32 = 32;
+/// File descriptors one message may carry by default: SET_MEM_TABLE's 8 regions are the
+/// most any vhost-user message needs.
+pub const DEFAULT_MAX_FDS_PER_MESSAGE: usize = 8;
+/// File descriptors one connection may make the switch hold by default.
+pub const DEFAULT_MAX_FDS_PER_CONNECTION: usize = 128;
+/// MACs the FDB learns per port by default (the table has 4096 slots).
+pub const DEFAULT_MAX_LEARNED_MACS: u32 = 256;
 const MAX_QUEUE_PAIRS: u16 = 64;
 
 /// Parses `NAME=PATH`.
@@ -243,11 +275,26 @@ impl Config {
     }
 
     fn build(file: FileConfig, flags: Overrides, cpus: usize) -> Result<Config, ConfigError> {
+        let max_learned_default = flags
+            .max_learned_macs
+            .or(file.max_learned_macs)
+            .unwrap_or(DEFAULT_MAX_LEARNED_MACS);
         let mut ports: Vec<PortConfig> = Vec::new();
         for p in file.ports {
             let mac = p.mac.as_deref().map(parse_mac).transpose()?;
-            let static_macs = p
+            let mut static_macs: Vec<[u8; 6]> = p
                 .static_macs
+                .iter()
+                .map(|m| parse_mac(m))
+                .collect::<Result<_, _>>()?;
+            // A configured MAC belongs to its port: nobody else's traffic may move it.
+            if let Some(mac) = mac {
+                if !static_macs.contains(&mac) {
+                    static_macs.push(mac);
+                }
+            }
+            let allowed_macs = p
+                .allowed_macs
                 .iter()
                 .map(|m| parse_mac(m))
                 .collect::<Result<_, _>>()?;
@@ -258,6 +305,8 @@ impl Config {
                 queue_pairs: p.queues.unwrap_or(1),
                 mac: mac.unwrap_or([0; 6]),
                 static_macs,
+                allowed_macs,
+                max_learned_macs: p.max_learned_macs.unwrap_or(max_learned_default),
             });
         }
         let flag_ports = flags
@@ -282,6 +331,8 @@ impl Config {
                     socket,
                     role,
                     static_macs: Vec::new(),
+                    allowed_macs: Vec::new(),
+                    max_learned_macs: max_learned_default,
                     queue_pairs: 1,
                     mac: [0; 6],
                 }),
@@ -311,6 +362,19 @@ impl Config {
                 .or(file.max_guest_memory_mb)
                 .unwrap_or(DEFAULT_MAX_GUEST_MEMORY_MB),
             max_ports: file.max_ports.unwrap_or(DEFAULT_MAX_PORTS),
+            max_frame_len: flags
+                .max_frame_len
+                .or(file.max_frame_len)
+                .unwrap_or(pmd::forward::DEFAULT_MAX_FRAME),
+            max_fds_per_message: file
+                .max_fds_per_message
+                .unwrap_or(DEFAULT_MAX_FDS_PER_MESSAGE),
+            max_fds_per_connection: file
+                .max_fds_per_connection
+                .unwrap_or(DEFAULT_MAX_FDS_PER_CONNECTION),
+            quiesce_timeout_secs: file
+                .quiesce_timeout_secs
+                .unwrap_or(pmd::dataplane::DEFAULT_QUIESCE_TIMEOUT.as_secs()),
         };
         config.validate(cpus)?;
         Ok(config)
@@ -385,6 +449,38 @@ impl Config {
         }
         if self.fdb_aging_secs == 0 {
             return Err(invalid("fdb_aging_secs must be at least 1"));
+        }
+        if self.max_frame_len < 60 {
+            return Err(invalid(format!(
+                "max_frame_len {} is shorter than a minimal Ethernet frame (60)",
+                self.max_frame_len
+            )));
+        }
+        if !(1..=253).contains(&self.max_fds_per_message) {
+            return Err(invalid(format!(
+                "max_fds_per_message {} is outside 1..=253",
+                self.max_fds_per_message
+            )));
+        }
+        for p in &self.ports {
+            // Three per ring (kick, call, err), the back-end request channel, and one
+            // message in flight.
+            let needed = 6 * usize::from(p.queue_pairs) + 1 + self.max_fds_per_message;
+            if self.max_fds_per_connection < needed {
+                return Err(invalid(format!(
+                    "max_fds_per_connection {} is too small for port '{}' ({} queue pairs need {needed})",
+                    self.max_fds_per_connection, p.name, p.queue_pairs
+                )));
+            }
+            if p.max_learned_macs == 0 {
+                return Err(invalid(format!(
+                    "port '{}': max_learned_macs must be at least 1",
+                    p.name
+                )));
+            }
+        }
+        if self.quiesce_timeout_secs == 0 {
+            return Err(invalid("quiesce_timeout_secs must be at least 1"));
         }
         if self.max_mem_slots == 0 || self.max_mem_slots > 509 {
             return Err(invalid(format!(

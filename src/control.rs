@@ -24,6 +24,8 @@ const KIND_SESSION: u64 = 2;
 const KIND_CONTROL: u64 = 3;
 /// How often expired FDB entries are swept.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often the memory of every front-end is checked for faults (a shrunk file).
+const FAULT_CHECK: Duration = Duration::from_millis(100);
 
 fn token(kind: u64, port: usize) -> u64 {
     (kind << 32) | port as u64
@@ -81,6 +83,7 @@ impl ControlLoop {
                 self.dataplane.expire_fdb();
                 self.next_housekeeping = Instant::now() + HOUSEKEEPING;
             }
+            self.fail_faulted_ports();
             self.connect_clients();
             let timeout = self.timeout_ms();
             let n = match self.epoll.wait(timeout, &mut events) {
@@ -109,7 +112,10 @@ impl ControlLoop {
             .iter()
             .filter_map(Port::next_attempt)
             .chain(std::iter::once(self.next_housekeeping))
-            .map(|at| at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1)
+            .map(|at| {
+                let wait = at.saturating_duration_since(now).min(FAULT_CHECK);
+                wait.as_millis() as i32 + 1
+            })
             .min()
             .unwrap_or(-1)
     }
@@ -174,6 +180,27 @@ impl ControlLoop {
         if let Err(e) = add(&self.epoll, fd, token(KIND_SESSION, index)) {
             tracing::error!(port = %self.ports[index].config.name, "cannot watch connection: {e}");
             self.ports[index].detach(&SessionEnd::ReplyFailed(e));
+        }
+    }
+
+    /// Disconnects every front-end whose memory faulted (it shrank a file under our
+    /// mapping): the fence kept the PMDs alive, and the port is reset for the next one.
+    fn fail_faulted_ports(&mut self) {
+        for port in &mut self.ports {
+            let faults = port
+                .session
+                .as_ref()
+                .map_or(0, |s| s.device().memory_faults());
+            if faults == 0 {
+                continue;
+            }
+            if let Some(session) = &port.session {
+                let fd = session.socket().as_raw_fd();
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            port.detach(&SessionEnd::MemoryFault(faults));
         }
     }
 

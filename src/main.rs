@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 use vmm_sys_util::eventfd::EventFd;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pmd::dataplane::{Dataplane, DataplaneConfig, PortInfo};
 use vhost_switch::config::{self, Config, Mode, Overrides, Role};
 use vhost_switch::control::ControlLoop;
 use vhost_switch::port::Port;
+use vhost_switch::vhost_user::device::Limits;
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +90,12 @@ struct RunArgs {
     /// Seconds a learned MAC stays in the FDB without being seen.
     #[arg(long = "fdb-aging", value_name = "SECS")]
     fdb_aging_secs: Option<u64>,
+    /// Largest frame (bytes after the virtio-net header) taken from a guest.
+    #[arg(long, value_name = "BYTES")]
+    max_frame_len: Option<u32>,
+    /// MACs the FDB may learn on one port at once.
+    #[arg(long, value_name = "N")]
+    max_learned_macs: Option<u32>,
     /// Control socket for `vhost-switch ctl` (default /run/vhost-switch/control.sock).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -158,6 +166,8 @@ fn run(args: RunArgs) -> Result<()> {
         max_mem_slots: args.max_mem_slots,
         fdb_aging_secs: args.fdb_aging_secs,
         max_guest_memory_mb: args.max_guest_memory_mb,
+        max_frame_len: args.max_frame_len,
+        max_learned_macs: args.max_learned_macs,
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     let shutdown = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
@@ -172,6 +182,8 @@ fn run(args: RunArgs) -> Result<()> {
                 name: p.name.clone(),
                 queue_pairs: p.queue_pairs,
                 static_macs: p.static_macs.clone(),
+                allowed_sources: p.allowed_macs.clone(),
+                max_learned: p.max_learned_macs,
             })
             .collect(),
         mode: match config.mode {
@@ -180,6 +192,8 @@ fn run(args: RunArgs) -> Result<()> {
         },
         pmd_cores: config.pmd_cores.clone(),
         fdb_aging_secs: config.fdb_aging_secs,
+        max_frame: config.max_frame_len,
+        quiesce_timeout: Duration::from_secs(config.quiesce_timeout_secs),
     })?);
     pin_control_thread(config.control_core)?;
 
@@ -188,8 +202,12 @@ fn run(args: RunArgs) -> Result<()> {
         // On error, ports opened so far are dropped; remove their sockets too.
         match Port::open(
             port_config.clone(),
-            config.max_mem_slots,
-            config.max_guest_memory_mb << 20,
+            Limits {
+                max_mem_slots: config.max_mem_slots,
+                max_memory: config.max_guest_memory_mb << 20,
+                max_fds_per_message: config.max_fds_per_message,
+                max_fds_per_connection: config.max_fds_per_connection,
+            },
             Some((dataplane.clone(), index)),
         ) {
             Ok(port) => ports.push(port),

@@ -12,7 +12,7 @@ use pmd::dataplane::Dataplane;
 use thiserror::Error;
 
 use crate::config::{PortConfig, Role};
-use crate::vhost_user::device::DeviceConfig;
+use crate::vhost_user::device::{DeviceConfig, Limits};
 use crate::vhost_user::session::{Session, SessionCounters, SessionEnd};
 
 /// First and largest delay between client-mode connection attempts.
@@ -81,8 +81,7 @@ pub struct Port {
     pub counters: SessionCounters,
     /// Why the last session ended.
     pub last_end: Option<String>,
-    max_mem_slots: u32,
-    max_memory: u64,
+    limits: Limits,
     dataplane: Option<(Arc<Dataplane>, usize)>,
 }
 
@@ -92,8 +91,7 @@ impl Port {
     /// `dataplane`: where the port's snapshots go, and the port's index there.
     pub fn open(
         config: PortConfig,
-        max_mem_slots: u32,
-        max_memory: u64,
+        limits: Limits,
         dataplane: Option<(Arc<Dataplane>, usize)>,
     ) -> Result<Port, PortError> {
         let endpoint = match config.role {
@@ -111,8 +109,7 @@ impl Port {
             session: None,
             counters: SessionCounters::default(),
             last_end: None,
-            max_mem_slots,
-            max_memory,
+            limits,
             dataplane,
         })
     }
@@ -122,8 +119,7 @@ impl Port {
             port: self.config.name.clone(),
             mac: self.config.mac,
             queue_pairs: self.config.queue_pairs,
-            max_mem_slots: self.max_mem_slots,
-            max_memory: self.max_memory,
+            limits: self.limits,
             dataplane: self.dataplane.clone(),
         }
     }

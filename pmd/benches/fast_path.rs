@@ -52,10 +52,8 @@ impl Guest {
     }
 
     fn write(&self, gpa: u64, bytes: &[u8]) {
-        let p = self.memory.translate_gpa(gpa, bytes.len() as u64).unwrap();
-        // SAFETY: translate_gpa checked the whole range lies in the mapping, which
-        // `self.memory` keeps alive; nothing else writes it during setup.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.as_ptr(), bytes.len()) };
+        let range = self.memory.translate_gpa(gpa, bytes.len() as u64).unwrap();
+        self.memory.slice(&range).unwrap().write(0, bytes).unwrap();
     }
 
     /// Descriptor i -> buffer i; avail slot i -> head i.
@@ -126,6 +124,7 @@ fn bench_burst(c: &mut Criterion) {
             switch: &switch,
             stats: &stats,
             now: 0,
+            max_frame: pmd::forward::DEFAULT_MAX_FRAME,
         };
         let tx = ports[0].as_ref().unwrap().rings[1].as_ref().unwrap();
         let mut idx = 0u16;

@@ -5,6 +5,11 @@
 //! slots, and acknowledges the epoch. [`Dataplane::quiesce`] waits for every PMD's
 //! acknowledgement: after it returns, no PMD holds a pointer from an older snapshot
 //! (GET_VRING_BASE may answer; a ring is no longer touched).
+//!
+//! Snapshots a PMD lets go of are never the last reference: `publish` keeps the replaced
+//! snapshot in a retired list that `quiesce` empties on the control thread once no PMD
+//! can hold it, so a mapping is always unmapped by the control thread, never by a PMD.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::cpu::{cycles, pin_current_thread};
 use crate::forward::{self, Context, Scratch};
 use crate::snapshot::PortSnapshot;
 use crate::stats::{QueueStats, QueueTotals};
@@ -24,8 +30,8 @@ const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
 /// How often `quiesce` warns that a PMD is late (preempted on a loaded machine, say).
 const QUIESCE_WARN: Duration = Duration::from_secs(2);
-/// How long `quiesce` waits before giving up on a PMD.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `quiesce` waits for a PMD by default before the switch gives up on it.
+pub const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A port as the data plane knows it before any front-end connects.
 #[derive(Clone, Debug)]
@@ -36,6 +42,10 @@ pub struct PortInfo {
     pub queue_pairs: u16,
     /// MAC addresses pinned to this port in the FDB.
     pub static_macs: Vec<[u8; 6]>,
+    /// Source MACs the port may send from (port security); empty: any.
+    pub allowed_sources: Vec<[u8; 6]>,
+    /// MACs the FDB may learn on this port at once.
+    pub max_learned: u32,
 }
 
 /// Data plane settings.
@@ -49,6 +59,10 @@ pub struct DataplaneConfig {
     pub pmd_cores: Vec<usize>,
     /// FDB entry lifetime.
     pub fdb_aging_secs: u64,
+    /// Largest frame taken from a guest (bytes after the virtio-net header).
+    pub max_frame: u32,
+    /// How long `quiesce` waits for a late PMD before reporting it stuck.
+    pub quiesce_timeout: Duration,
 }
 
 /// The data plane could not start or did not answer.
@@ -61,8 +75,8 @@ pub enum DataplaneError {
     #[error("cannot start the PMD thread for core {0}: {1}")]
     Spawn(usize, std::io::Error),
     /// A PMD did not pass a quiescent point in time.
-    #[error("PMD on core {0} did not reach a quiescent point within {QUIESCE_TIMEOUT:?}")]
-    Stuck(usize),
+    #[error("PMD on core {0} did not reach a quiescent point within {1:?}")]
+    Stuck(usize, Duration),
     /// A PMD thread is gone (it panicked).
     #[error("PMD on core {0} has died")]
     Dead(usize),
@@ -100,6 +114,10 @@ struct Shared {
     switch: Switch,
     stop: AtomicBool,
     started: Instant,
+    max_frame: u32,
+    quiesce_timeout: Duration,
+    /// Snapshots replaced by `publish`, dropped by `quiesce` on the control thread.
+    retired: Mutex<Vec<Arc<PortSnapshot>>>,
 }
 
 impl Shared {
@@ -137,19 +155,6 @@ pub struct PortTotals {
 pub struct Dataplane {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-}
-
-fn cycles() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no preconditions on x86-64; it only reads the time-stamp counter.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
-    }
 }
 
 impl Dataplane {
@@ -210,6 +215,9 @@ impl Dataplane {
             switch,
             stop: AtomicBool::new(false),
             started: Instant::now(),
+            max_frame: cfg.max_frame,
+            quiesce_timeout: cfg.quiesce_timeout,
+            retired: Mutex::new(Vec::new()),
         });
         let mut dp = Dataplane {
             shared,
@@ -222,11 +230,7 @@ impl Dataplane {
             let handle = std::thread::Builder::new()
                 .name(format!("pmd-{core}"))
                 .spawn(move || {
-                    let pinned = core_affinity::get_core_ids()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|c| c.id == core)
-                        .is_some_and(core_affinity::set_for_current);
+                    let pinned = pin_current_thread(core);
                     let _ = tx.send(pinned);
                     if pinned {
                         pmd_loop(&shared, i);
@@ -247,10 +251,21 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Replaces port `port`'s snapshot (`None`: no front-end) and bumps the epoch.
+    /// Replaces port `port`'s snapshot (`None`: no front-end) and bumps the epoch. The
+    /// replaced snapshot is retired: released by the next successful `quiesce`.
     pub fn publish(&self, port: usize, snapshot: Option<Arc<PortSnapshot>>) {
         let slot = &self.shared.slots[port];
-        *slot.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        let old = std::mem::replace(
+            &mut *slot.snapshot.lock().unwrap_or_else(|e| e.into_inner()),
+            snapshot,
+        );
+        if let Some(old) = old {
+            self.shared
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+        }
         slot.generation.fetch_add(1, Ordering::Release);
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
     }
@@ -258,8 +273,9 @@ impl Dataplane {
     /// Waits until every PMD has passed a quiescent point after the last `publish`.
     ///
     /// Correctness depends on it (after GET_VRING_BASE no PMD may touch the ring), so a late
-    /// PMD is waited for, with a warning every 2 s; only a dead PMD thread or 30 s of
-    /// silence end the wait with an error.
+    /// PMD is waited for, with a warning every 2 s; only a dead PMD thread or the quiesce
+    /// timeout end the wait with an error, which the caller must treat as fatal. On
+    /// success the retired snapshots are released here, on the calling thread.
     pub fn quiesce(&self) -> Result<(), DataplaneError> {
         let target = self.shared.epoch.load(Ordering::Acquire);
         let start = Instant::now();
@@ -270,8 +286,8 @@ impl Dataplane {
                 if self.threads.get(i).is_some_and(|t| t.is_finished()) {
                     return Err(DataplaneError::Dead(pmd.core));
                 }
-                if now > start + QUIESCE_TIMEOUT {
-                    return Err(DataplaneError::Stuck(pmd.core));
+                if now > start + self.shared.quiesce_timeout {
+                    return Err(DataplaneError::Stuck(pmd.core, self.shared.quiesce_timeout));
                 }
                 if now > next_warning {
                     tracing::warn!(
@@ -287,6 +303,14 @@ impl Dataplane {
                 std::thread::yield_now();
             }
         }
+        let retired = std::mem::take(
+            &mut *self
+                .shared
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        drop(retired);
         Ok(())
     }
 
@@ -393,11 +417,15 @@ fn pmd_loop(shared: &Shared, me: usize) {
             for (i, slot) in shared.slots.iter().enumerate() {
                 let g = slot.generation.load(Ordering::Acquire);
                 if g != generations[i] {
-                    ports[i] = slot
+                    // Clone under the slot's lock, let go of the old one after it: the
+                    // control thread's retired list still holds the old snapshot, so this
+                    // drop never unmaps anything.
+                    let fresh = slot
                         .snapshot
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
+                    ports[i] = fresh;
                     generations[i] = g;
                 }
             }
@@ -419,6 +447,7 @@ fn pmd_loop(shared: &Shared, me: usize) {
                 switch: &shared.switch,
                 stats: &pmd.stats,
                 now,
+                max_frame: shared.max_frame,
             };
             for &(p, r) in &pmd.assigned {
                 if let Some(Some(tx)) = ports[p].as_ref().and_then(|s| s.rings.get(r)) {

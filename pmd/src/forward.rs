@@ -4,15 +4,21 @@
 //! Nothing here allocates or blocks: scratch space is preallocated per PMD, counters are
 //! single-writer, and the only synchronisation is each ring's busy flag (uncontended with
 //! one PMD; several PMDs may deliver into the same guest RX ring).
+//!
+//! Guest memory is reached only through [`crate::memory`] views and the [`crate::copy`]
+//! engine; headers through the typed views of [`crate::net`].
+#![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use crate::copy;
+use crate::memory::GuestMemoryMap;
+use crate::net::{EthernetHeader, VirtioNetHdr};
 use crate::queue::{broken, Cursor, RingGuard, RingRuntime};
 use crate::snapshot::PortSnapshot;
-use crate::split::chain::{self, Direction, Segment, Segments};
-use crate::split::raw::{prefetch, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT};
+use crate::split::chain::{self, Direction, Segments};
+use crate::split::raw::{SplitRing, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT};
 use crate::stats::{DropReason, QueueStats};
 use crate::switch::{Destination, Switch};
 
@@ -22,8 +28,9 @@ pub const BURST: u16 = 32;
 const MAX_SEGMENTS: usize = 4096;
 /// RX chains one packet may span with MRG_RXBUF.
 const MAX_RX_CHAINS: usize = 512;
-/// Ethernet destination + source MAC.
-const MAC_HEADER: u64 = 12;
+/// Default largest frame (after the virtio-net header) taken from a guest: a 64 KiB GSO
+/// frame (IP total length 65535) behind an Ethernet header and one VLAN tag.
+pub const DEFAULT_MAX_FRAME: u32 = 65_535 + 14 + 4;
 
 /// Per-PMD scratch space, allocated once.
 pub struct Scratch {
@@ -55,87 +62,20 @@ pub struct Context<'a> {
     pub stats: &'a [Vec<QueueStats>],
     /// Seconds, for FDB ageing.
     pub now: u64,
-}
-
-/// Copies `len` bytes from `src` (starting `src_off` bytes in) to `dst` (starting
-/// `dst_off` bytes in). Both lists were validated to cover these ranges.
-fn copy_segments(
-    src: &[Segment],
-    mut src_off: u64,
-    dst: &[Segment],
-    mut dst_off: u64,
-    mut len: u64,
-) {
-    let mut si = 0;
-    let mut di = 0;
-    while si < src.len() && src_off >= u64::from(src[si].len) {
-        src_off -= u64::from(src[si].len);
-        si += 1;
-    }
-    while di < dst.len() && dst_off >= u64::from(dst[di].len) {
-        dst_off -= u64::from(dst[di].len);
-        di += 1;
-    }
-    while len > 0 && si < src.len() && di < dst.len() {
-        let s = src[si];
-        let d = dst[di];
-        let n = len
-            .min(u64::from(s.len) - src_off)
-            .min(u64::from(d.len) - dst_off);
-        // SAFETY: each segment is a range of mapped guest memory checked by the chain walk
-        // and kept mapped by the snapshots the caller holds; src_off + n <= s.len and
-        // dst_off + n <= d.len by the min above. Source (a TX buffer) and destination (an
-        // RX buffer) may alias only if a guest points both at the same memory, which can
-        // corrupt only that guest's own data, hence `copy` rather than a non-overlapping copy.
-        unsafe {
-            std::ptr::copy(
-                s.ptr.as_ptr().add(src_off as usize),
-                d.ptr.as_ptr().add(dst_off as usize),
-                n as usize,
-            );
-        }
-        len -= n;
-        src_off += n;
-        dst_off += n;
-        if src_off == u64::from(s.len) {
-            si += 1;
-            src_off = 0;
-        }
-        if dst_off == u64::from(d.len) {
-            di += 1;
-            dst_off = 0;
-        }
-    }
-}
-
-/// Reads `out.len()` bytes starting `off` bytes into the segments.
-fn read_bytes<const N: usize>(segs: &[Segment], off: u64, out: &mut [u8; N]) {
-    if let Some(first) = segs.first() {
-        if off + N as u64 <= u64::from(first.len) {
-            // SAFETY: the first segment is mapped guest memory of `first.len` bytes (chain
-            // walk) kept mapped by the caller's snapshot, and off + N <= first.len.
-            *out = unsafe {
-                std::ptr::read_unaligned(first.ptr.as_ptr().add(off as usize).cast::<[u8; N]>())
-            };
-            return;
-        }
-    }
-    let tmp = [Segment {
-        ptr: std::ptr::NonNull::from(out).cast(),
-        len: N as u32,
-    }];
-    copy_segments(segs, off, &tmp, 0, N as u64);
+    /// Largest frame taken from a guest TX ring (bytes after the virtio-net header);
+    /// longer ones are dropped as too long.
+    pub max_frame: u32,
 }
 
 /// Starts loading the first bytes of the frame in chain `head` (its MAC addresses).
 #[inline]
-fn prefetch_data(ring: &RingRuntime, head: u16, hdr: u64) {
-    if let Some(d) = ring.raw.descriptor(head) {
+fn prefetch_data(ring: &SplitRing<'_>, memory: &GuestMemoryMap, head: u16, hdr: u64) {
+    if let Some(d) = ring.descriptor(head) {
         if d.flags & DESC_F_INDIRECT == 0 {
-            if let Some((p, room)) = ring.memory().translate_gpa_prefix(d.addr) {
+            if let Some(first) = memory.translate_gpa_prefix(d.addr) {
                 // The header may fill a short first buffer; then the frame is in the next.
-                if room > hdr {
-                    prefetch(p.as_ptr().wrapping_add(hdr as usize));
+                if let Some(view) = memory.slice(&first) {
+                    view.prefetch(hdr as usize);
                 }
             }
         }
@@ -149,30 +89,27 @@ fn need_event(event: u16, new: u16, old: u16) -> bool {
 
 /// Publishes the used entries written since the last flush and interrupts the guest if
 /// it asked to be (at most once per call).
-fn flush_used(ring: &RingRuntime, cur: &mut Cursor) {
+fn flush_used(rt: &RingRuntime, ring: &SplitRing<'_>, cur: &mut Cursor) {
     let (old, new) = (cur.published_used, cur.next_used);
     if old == new {
         return;
     }
-    ring.raw.publish_used(new);
+    ring.publish_used(new);
     cur.published_used = new;
     // The driver writes its flags / used_event and then reads used.idx; we write used.idx
     // and then read its flags: both sides need a full barrier in between.
     fence(Ordering::SeqCst);
-    let wanted = if ring.features.event_idx {
-        need_event(ring.raw.used_event(), new, old)
+    let wanted = if rt.features.event_idx {
+        need_event(ring.used_event(), new, old)
     } else {
-        ring.raw.avail_flags() & AVAIL_F_NO_INTERRUPT == 0
+        ring.avail_flags() & AVAIL_F_NO_INTERRUPT == 0
     };
     if wanted {
-        if let Some(call) = &ring.call {
-            // A full eventfd counter only means the guest has not read it yet.
-            let _ = (&**call).write(&1u64.to_ne_bytes());
-        }
+        rt.notify();
     }
 }
 
-/// Takes up to one burst from guest TX ring `ring` of port `src_port` and forwards it.
+/// Takes up to one burst from guest TX ring `tx` of port `src_port` and forwards it.
 /// Returns the number of chains taken.
 pub fn poll_tx<'a>(
     scratch: &mut Scratch,
@@ -186,7 +123,18 @@ pub fn poll_tx<'a>(
     if tx.shared.broken() != 0 {
         return 0;
     }
-    let raw = &tx.raw;
+    let ring_index = usize::from(tx.shared.index());
+    let Some(raw) = tx.ring() else {
+        if tx.shared.mark_broken(broken::NO_MEMORY) {
+            tracing::error!(
+                port = src_port,
+                ring = ring_index,
+                "ring not in its memory map: ring stopped"
+            );
+        }
+        return 0;
+    };
+    let mem = tx.memory();
     let size = raw.size();
     let avail = raw.avail_idx();
     let cur = guard.cursor();
@@ -194,7 +142,6 @@ pub fn poll_tx<'a>(
     if pending == 0 {
         return 0;
     }
-    let ring_index = usize::from(tx.shared.index());
     if pending > size {
         if tx.shared.mark_broken(broken::AVAIL_JUMP) {
             tracing::error!(
@@ -219,11 +166,16 @@ pub fn poll_tx<'a>(
     for k in 0..burst {
         raw.prefetch_descriptor(raw.avail_entry(cur.last_avail.wrapping_add(k)));
     }
-    prefetch_data(tx, raw.avail_entry(cur.last_avail), hdr);
+    prefetch_data(&raw, mem, raw.avail_entry(cur.last_avail), hdr);
     for k in 0..burst {
         // While this frame is handled, the next one's data is on its way.
         if k + 1 < burst {
-            prefetch_data(tx, raw.avail_entry(cur.last_avail.wrapping_add(1)), hdr);
+            prefetch_data(
+                &raw,
+                mem,
+                raw.avail_entry(cur.last_avail.wrapping_add(1)),
+                hdr,
+            );
         }
         let head = raw.avail_entry(cur.last_avail);
         if head >= size {
@@ -240,13 +192,14 @@ pub fn poll_tx<'a>(
         cur.last_avail = cur.last_avail.wrapping_add(1);
         taken += 1;
         match chain::walk(
-            raw,
-            tx.memory(),
+            &raw,
+            mem,
             head,
             Direction::Readable,
             tx.features.indirect,
             &mut scratch.src,
         ) {
+            Err(chain::ChainError::TooManyBytes) => stats.drop(DropReason::TooLong),
             Err(e) => {
                 stats.drop(DropReason::BadDescriptor);
                 if tx.shared.first_error() {
@@ -260,28 +213,36 @@ pub fn poll_tx<'a>(
             }
             Ok(()) => {
                 let total = scratch.src.total_len();
-                if total < hdr + 14 {
+                let mut eth = [0u8; EthernetHeader::LEN];
+                if total < hdr + EthernetHeader::LEN as u64
+                    || !copy::read(mem, scratch.src.as_slice(), hdr, &mut eth)
+                {
                     stats.drop(DropReason::Runt);
+                } else if total - hdr > u64::from(ctx.max_frame) {
+                    stats.drop(DropReason::TooLong);
                 } else if !tx.enabled {
                     stats.drop(DropReason::RingDisabled);
                 } else {
                     let frame_len = total - hdr;
-                    let mut macs = [0u8; MAC_HEADER as usize];
-                    read_bytes(scratch.src.as_slice(), hdr, &mut macs);
-                    let dst: [u8; 6] = macs[..6].try_into().unwrap_or_default();
-                    let src: [u8; 6] = macs[6..].try_into().unwrap_or_default();
-                    match ctx.switch.decide(src_port, dst, src, ctx.now) {
+                    let eth = EthernetHeader::parse(&eth);
+                    let frame = Frame {
+                        memory: mem,
+                        header_len: hdr,
+                        len: frame_len,
+                    };
+                    match ctx.switch.decide(src_port, eth.dst, eth.src, ctx.now) {
                         Destination::Nowhere => stats.drop(DropReason::NoDestination),
+                        Destination::Spoofed => stats.drop(DropReason::Spoofed),
                         Destination::Port(p) => {
                             forwarded += 1;
                             bytes += frame_len;
-                            deliver(scratch, ctx, &mut held, p, queue, hdr, frame_len);
+                            deliver(scratch, ctx, &mut held, p, queue, &frame);
                         }
                         Destination::Flood => {
                             forwarded += 1;
                             bytes += frame_len;
                             for p in (0..ctx.ports.len()).filter(|&p| p != src_port) {
-                                deliver(scratch, ctx, &mut held, p, queue, hdr, frame_len);
+                                deliver(scratch, ctx, &mut held, p, queue, &frame);
                             }
                         }
                     }
@@ -299,7 +260,7 @@ pub fn poll_tx<'a>(
         // Keep avail_event just behind the driver: it never needs to kick a poller.
         raw.set_avail_event(cur.last_avail.wrapping_sub(1));
     }
-    flush_used(tx, cur);
+    flush_used(tx, &raw, cur);
     guard.publish_last_avail();
     drop(guard);
     if let Some(mut h) = held.take() {
@@ -307,6 +268,14 @@ pub fn poll_tx<'a>(
     }
     flush_touched(scratch, ctx);
     taken
+}
+
+/// The frame being forwarded: in `scratch.src`, after `header_len` bytes of virtio-net
+/// header, in the source guest's `memory`.
+struct Frame<'m> {
+    memory: &'m GuestMemoryMap,
+    header_len: u64,
+    len: u64,
 }
 
 /// Publishes the used entries of every guest RX ring this burst delivered into.
@@ -321,7 +290,9 @@ fn flush_touched(scratch: &mut Scratch, ctx: &Context<'_>) {
 /// Publishes an RX ring's used entries and its avail position (GET_VRING_BASE reports
 /// the position of every ring, RX included).
 fn flush_rx(rx: &RingRuntime, guard: &mut RingGuard<'_>) {
-    flush_used(rx, guard.cursor());
+    if let Some(ring) = rx.ring() {
+        flush_used(rx, &ring, guard.cursor());
+    }
     guard.publish_last_avail();
 }
 
@@ -334,15 +305,14 @@ struct Held<'a> {
     guard: RingGuard<'a>,
 }
 
-/// Offers the frame in `scratch.src` (after `src_hdr` header bytes) to port `port`.
+/// Offers `frame` to port `port`.
 fn deliver<'a>(
     scratch: &mut Scratch,
     ctx: &Context<'a>,
     held: &mut Option<Held<'a>>,
     port: usize,
     queue: usize,
-    src_hdr: u64,
-    frame_len: u64,
+    frame: &Frame<'_>,
 ) {
     let port_stats = &ctx.stats[port];
     let ring_index = 2 * (queue % (port_stats.len() / 2).max(1));
@@ -368,10 +338,10 @@ fn deliver<'a>(
         });
     }
     let Some(h) = held.as_mut() else { return };
-    match fill_rx(scratch, h.rx, &mut h.guard, port, src_hdr, frame_len) {
+    match fill_rx(scratch, h.rx, &mut h.guard, port, frame) {
         Ok(()) => {
             stats.packets.add(1);
-            stats.bytes.add(frame_len);
+            stats.bytes.add(frame.len);
             if !scratch.touched.contains(&(port, ring_index)) {
                 if scratch.touched.len() < scratch.touched.capacity() {
                     scratch.touched.push((port, ring_index));
@@ -389,20 +359,23 @@ fn deliver<'a>(
     }
 }
 
-/// Reserves RX chains for `hdr + frame_len` bytes, writes the net header and the frame,
-/// and writes (unpublished) used entries. On failure nothing was consumed.
+/// Reserves RX chains for the header and `frame`, writes both, and writes (unpublished)
+/// used entries. On failure nothing was consumed.
 fn fill_rx(
     scratch: &mut Scratch,
     rx: &RingRuntime,
     guard: &mut RingGuard<'_>,
     port: usize,
-    src_hdr: u64,
-    frame_len: u64,
+    frame: &Frame<'_>,
 ) -> Result<(), DropReason> {
-    let raw = &rx.raw;
+    let Some(raw) = rx.ring() else {
+        rx.shared.mark_broken(broken::NO_MEMORY);
+        return Err(DropReason::RxRingUnavailable);
+    };
+    let mem = rx.memory();
     let size = raw.size();
     let hdr = u64::from(rx.features.header_len);
-    let need = hdr + frame_len;
+    let need = hdr + frame.len;
     let cur = guard.cursor();
     let start_avail = cur.last_avail;
     scratch.dst.clear();
@@ -442,8 +415,8 @@ fn fill_rx(
             Err(chain::ChainError::IndexOutOfRange(head))
         } else {
             chain::walk_append(
-                raw,
-                rx.memory(),
+                &raw,
+                mem,
                 head,
                 Direction::Writable,
                 rx.features.indirect,
@@ -465,7 +438,7 @@ fn fill_rx(
         cur.last_avail = cur.last_avail.wrapping_add(1);
         let chain_len: u64 = scratch.dst.as_slice()[seg_start..]
             .iter()
-            .map(|s| u64::from(s.len))
+            .map(|s| u64::from(s.len()))
             .sum();
         capacity += chain_len;
         scratch
@@ -476,34 +449,26 @@ fn fill_rx(
             return Err(DropReason::TooBig);
         }
     }
-    // The header: no offloads are negotiated, so all zero but num_buffers (1 without
-    // MRG_RXBUF, as §5.1.6.4.1 requires).
-    let mut header = [0u8; 12];
-    let nbufs = scratch.chains.len() as u16;
-    header[10..12].copy_from_slice(&nbufs.to_le_bytes());
+    // No offloads are negotiated, so the header is all zero but num_buffers (1 without
+    // MRG_RXBUF, as §5.1.6.4.1 requires); the legacy form stops before num_buffers.
+    let header = VirtioNetHdr::plain(scratch.chains.len() as u16).emit();
     let dst = scratch.dst.as_slice();
-    match dst.first() {
-        Some(first) if u64::from(first.len) >= hdr => {
-            // SAFETY: the first RX segment is mapped guest memory of at least `hdr` bytes
-            // (checked just above), kept mapped by the caller's snapshot; hdr is 10 or 12.
-            unsafe {
-                let p = first.ptr.as_ptr();
-                if hdr == 12 {
-                    std::ptr::write_unaligned(p.cast::<[u8; 12]>(), header);
-                } else {
-                    std::ptr::write_unaligned(p.cast::<[u8; 10]>(), [0u8; 10]);
-                }
-            }
-        }
-        _ => {
-            let header_src = [Segment {
-                ptr: std::ptr::NonNull::from(&mut header).cast(),
-                len: 12,
-            }];
-            copy_segments(&header_src, 0, dst, 0, hdr);
-        }
+    let copied = copy::write(mem, dst, 0, &header[..hdr as usize])
+        && copy::chain_to_chain(
+            frame.memory,
+            scratch.src.as_slice(),
+            frame.header_len,
+            mem,
+            dst,
+            hdr,
+            frame.len,
+        ) == frame.len;
+    if !copied {
+        // Cannot happen: the chains were walked in `mem` and cover `need` bytes. Should it
+        // anyway, nothing is consumed.
+        cur.last_avail = start_avail;
+        return Err(DropReason::RxBadDescriptor);
     }
-    copy_segments(scratch.src.as_slice(), src_hdr, dst, hdr, frame_len);
     let mut left = need;
     for &(head, _, chain_len) in &scratch.chains {
         let used = left.min(chain_len);
@@ -527,21 +492,5 @@ mod tests {
         assert!(!need_event(10, 6, 3));
         // Across the 16-bit wrap.
         assert!(need_event(65535, 1, 65530));
-    }
-
-    #[test]
-    fn copies_across_uneven_segments() {
-        let mut a = *b"0123456789";
-        let mut b = [0u8; 4];
-        let mut c = [0u8; 8];
-        let seg = |buf: &mut [u8]| Segment {
-            ptr: std::ptr::NonNull::from(&mut buf[0]),
-            len: buf.len() as u32,
-        };
-        let src = [seg(&mut a[..3]), seg(&mut a[3..])];
-        let dst = [seg(&mut b), seg(&mut c)];
-        copy_segments(&src, 2, &dst, 1, 7);
-        assert_eq!(&b, b"\x00234");
-        assert_eq!(&c[..4], b"5678");
     }
 }

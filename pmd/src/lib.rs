@@ -4,20 +4,30 @@
 //! (`src/` of the daemon) validates what front-ends send and hands this crate immutable
 //! snapshots of guest memory and rings.
 //!
-//! - [`memory`], [`vring`]: guest memory regions and split-ring layout, checked and mapped;
-//! - [`split`]: raw ring access and descriptor-chain walking against a hostile guest;
+//! - [`memory`]: guest memory, the only way to it: regions mapped (only what they serve,
+//!   fenced against SIGBUS), translated into ranges, reached through checked views;
+//! - [`vring`], [`split`]: split-ring layout, ring views and descriptor-chain walking
+//!   against a hostile guest;
+//! - [`net`]: typed virtio-net and Ethernet header views; [`copy`]: the copy engine;
 //! - [`queue`]: a started ring's runtime (cursor, busy flag);
 //! - [`forward`]: the burst fast path (dequeue, switch, single copy, enqueue);
 //! - [`switch`]: learning bridge FDB and cross-connect;
 //! - [`stats`]: single-writer counters and drop reasons;
 //! - [`snapshot`], [`dataplane`]: the control-to-data-plane handoff and the PMD threads.
+//!
+//! `unsafe` lives in three files only: `memory/slice.rs` (guest memory accesses), `mmap.rs`
+//! (mapping, the SIGBUS fence) and `cpu.rs` (pinning, the cycle counter); every other
+//! module is `#![forbid(unsafe_code)]`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod copy;
+pub mod cpu;
 pub mod dataplane;
 pub mod forward;
 pub mod memory;
 mod mmap;
+pub mod net;
 pub mod queue;
 pub mod snapshot;
 pub mod split;

@@ -5,14 +5,15 @@
 //! memory-table swaps: a new [`RingRuntime`] with fresh pointers shares the same
 //! `RingShared`. The cursor is written only by whoever holds the ring's `busy` flag, so a
 //! guest RX ring can take packets from any PMD.
+#![forbid(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::fs::File;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::memory::GuestMemoryMap;
-use crate::split::raw::{RawRing, USED_F_NO_NOTIFY};
+use crate::split::raw::{SplitRing, USED_F_NO_NOTIFY};
 use crate::vring::TranslatedRing;
 
 /// Ring-level facts from the negotiated features.
@@ -43,7 +44,7 @@ impl RingFeatures {
 }
 
 /// Position of the device in a ring.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// Next avail index to read.
     pub last_avail: u16,
@@ -61,6 +62,40 @@ pub mod broken {
     pub const AVAIL_JUMP: u8 = 1;
     /// An avail entry named a head outside the table.
     pub const BAD_HEAD: u8 = 2;
+    /// The ring's memory is not in the snapshot's memory map.
+    pub const NO_MEMORY: u8 = 4;
+}
+
+/// The cursor as stored between holders of the busy flag: plain atomics, read into a
+/// [`Cursor`] when the flag is taken and written back when it is released, so the
+/// hand-over needs no `unsafe` and the holder works on a local copy.
+#[derive(Debug, Default)]
+struct StoredCursor {
+    last_avail: AtomicU16,
+    cached_avail: AtomicU16,
+    next_used: AtomicU16,
+    published_used: AtomicU16,
+}
+
+impl StoredCursor {
+    // Relaxed is enough for all four: they are only accessed by the holder of `busy`,
+    // whose Acquire (take) and Release (give back) order them between holders.
+    fn load(&self) -> Cursor {
+        Cursor {
+            last_avail: self.last_avail.load(Ordering::Relaxed),
+            cached_avail: self.cached_avail.load(Ordering::Relaxed),
+            next_used: self.next_used.load(Ordering::Relaxed),
+            published_used: self.published_used.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, c: &Cursor) {
+        self.last_avail.store(c.last_avail, Ordering::Relaxed);
+        self.cached_avail.store(c.cached_avail, Ordering::Relaxed);
+        self.next_used.store(c.next_used, Ordering::Relaxed);
+        self.published_used
+            .store(c.published_used, Ordering::Relaxed);
+    }
 }
 
 /// State of a started ring shared by the control plane and every PMD.
@@ -68,16 +103,11 @@ pub mod broken {
 pub struct RingShared {
     index: u16,
     busy: AtomicBool,
-    cursor: UnsafeCell<Cursor>,
+    cursor: StoredCursor,
     last_avail: AtomicU16,
     broken: AtomicU8,
     logged_errors: AtomicBool,
 }
-
-// SAFETY: `cursor` is only accessed through `RingGuard`, which exists only while `busy`
-// is held (acquired with Acquire, released with Release), so accesses never overlap and
-// each sees the previous holder's writes.
-unsafe impl Sync for RingShared {}
 
 impl RingShared {
     /// A ring starting at avail index `base` with used index `used_idx`.
@@ -85,12 +115,12 @@ impl RingShared {
         RingShared {
             index,
             busy: AtomicBool::new(false),
-            cursor: UnsafeCell::new(Cursor {
-                last_avail: base,
-                cached_avail: base,
-                next_used: used_idx,
-                published_used: used_idx,
-            }),
+            cursor: StoredCursor {
+                last_avail: AtomicU16::new(base),
+                cached_avail: AtomicU16::new(base),
+                next_used: AtomicU16::new(used_idx),
+                published_used: AtomicU16::new(used_idx),
+            },
             last_avail: AtomicU16::new(base),
             broken: AtomicU8::new(0),
             logged_errors: AtomicBool::new(false),
@@ -128,7 +158,10 @@ impl RingShared {
         self.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| RingGuard { ring: self })
+            .map(|_| RingGuard {
+                ring: self,
+                cursor: self.cursor.load(),
+            })
     }
 
     /// Takes the ring, spinning while another PMD holds it (a burst at most).
@@ -142,45 +175,49 @@ impl RingShared {
     }
 }
 
-/// Exclusive access to a ring's cursor.
+/// Exclusive access to a ring's cursor: a working copy, stored back on drop.
 pub struct RingGuard<'a> {
     ring: &'a RingShared,
+    cursor: Cursor,
 }
 
 impl RingGuard<'_> {
     /// The cursor.
+    #[inline]
     pub fn cursor(&mut self) -> &mut Cursor {
-        // SAFETY: the guard exists only while `busy` is held by us (see `Sync` above), and
-        // the returned borrow is tied to `&mut self`, so no second reference can exist.
-        unsafe { &mut *self.ring.cursor.get() }
+        &mut self.cursor
     }
 
     /// Publishes the avail position for GET_VRING_BASE.
     pub fn publish_last_avail(&mut self) {
-        let v = self.cursor().last_avail;
-        self.ring.last_avail.store(v, Ordering::Release);
+        self.ring
+            .last_avail
+            .store(self.cursor.last_avail, Ordering::Release);
     }
 }
 
 impl Drop for RingGuard<'_> {
     fn drop(&mut self) {
+        self.ring.cursor.store(&self.cursor);
+        // Pairs with the Acquire of the next `try_lock`: the cursor stores above are
+        // visible to the next holder.
         self.ring.busy.store(false, Ordering::Release);
     }
 }
 
-/// A started ring with pointers into one memory map.
+/// A started ring in one memory map.
 #[derive(Debug)]
 pub struct RingRuntime {
     /// Cursor and flags, shared across memory swaps.
     pub shared: Arc<RingShared>,
-    /// The ring in guest memory.
-    pub raw: RawRing,
     /// Features that shape the ring and the net header.
     pub features: RingFeatures,
     /// May carry packets (started and enabled are independent).
     pub enabled: bool,
-    /// The guest's interrupt eventfd, if it gave one.
+    /// The guest's interrupt eventfd, if it gave one (non-blocking: the control plane
+    /// accepts only eventfds and sets O_NONBLOCK).
     pub call: Option<Arc<File>>,
+    ring: TranslatedRing,
     memory: Arc<GuestMemoryMap>,
 }
 
@@ -194,35 +231,48 @@ impl RingRuntime {
         enabled: bool,
         call: Option<Arc<File>>,
     ) -> Self {
-        // SAFETY: `ring` was translated in `memory` with the sizes `features` imply
-        // (callers use `vring::translate` with the same EVENT_IDX setting), and `memory`
-        // is stored beside `raw`, so the mapping outlives every use of `raw`.
-        let raw = unsafe { RawRing::new(ring) };
         RingRuntime {
             shared,
-            raw,
             features,
             enabled,
             call,
+            ring,
             memory,
         }
     }
 
     /// The memory the ring and its buffers live in.
+    #[inline]
     pub fn memory(&self) -> &GuestMemoryMap {
         &self.memory
+    }
+
+    /// The ring in guest memory, for as long as `self` is borrowed. `None` only if the
+    /// ring was translated in another map (a control-plane bug; the ring is then not used).
+    #[inline]
+    pub fn ring(&self) -> Option<SplitRing<'_>> {
+        SplitRing::new(&self.memory, &self.ring)
     }
 
     /// Asks the driver not to kick: we poll. With EVENT_IDX that is done per burst by
     /// moving avail_event behind the driver; without it, by the used.flags bit.
     pub fn suppress_kicks(&self) {
         if !self.features.event_idx {
-            self.raw.set_used_flags(USED_F_NO_NOTIFY);
+            if let Some(ring) = self.ring() {
+                ring.set_used_flags(USED_F_NO_NOTIFY);
+            }
         }
     }
-}
 
-impl RingRuntime {
+    /// Interrupts the guest. The eventfd is non-blocking: EAGAIN (counter full) means an
+    /// interrupt is already pending, so the error is of no consequence.
+    #[inline]
+    pub fn notify(&self) {
+        if let Some(call) = &self.call {
+            let _ = (&**call).write(&1u64.to_ne_bytes());
+        }
+    }
+
     /// Starts a ring: its cursor begins at avail index `base` and at the used index the
     /// ring holds in memory (a reconnecting front-end keeps its used ring), and the driver
     /// is asked not to kick.
@@ -235,9 +285,9 @@ impl RingRuntime {
         enabled: bool,
         call: Option<Arc<File>>,
     ) -> Self {
-        let placeholder = Arc::new(RingShared::new(index, base, 0));
-        let mut runtime = RingRuntime::new(placeholder, ring, memory, features, enabled, call);
-        runtime.shared = Arc::new(RingShared::new(index, base, runtime.raw.used_idx()));
+        let used_idx = SplitRing::new(&memory, &ring).map_or(0, |r| r.used_idx());
+        let shared = Arc::new(RingShared::new(index, base, used_idx));
+        let runtime = RingRuntime::new(shared, ring, memory, features, enabled, call);
         runtime.suppress_kicks();
         runtime
     }

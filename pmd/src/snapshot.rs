@@ -5,6 +5,8 @@
 //! one whole. Each ring runtime holds the `Arc` of the memory map its pointers point into,
 //! so memory is unmapped only after the last poller has let go of the last snapshot.
 
+#![forbid(unsafe_code)]
+
 use crate::queue::RingRuntime;
 
 /// Everything a poller needs about one port's device.

@@ -1,5 +1,6 @@
 //! Counters. Each PMD writes its own block (single writer: load + store, no locked
 //! instruction on the fast path); readers sum the blocks of all PMDs.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,10 +26,15 @@ pub enum DropReason {
     RxRingUnavailable,
     /// Destination: an RX chain broke a descriptor rule.
     RxBadDescriptor,
+    /// Source: the frame is longer than the maximum frame length, or the chain holds more
+    /// than 2^32 bytes.
+    TooLong,
+    /// Source: the source MAC is not among the port's allowed sources (port security).
+    Spoofed,
 }
 
 /// Number of drop reasons.
-pub const DROP_REASONS: usize = 8;
+pub const DROP_REASONS: usize = 10;
 
 impl DropReason {
     /// All reasons, in counter order.
@@ -41,6 +47,8 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::RxRingUnavailable,
         DropReason::RxBadDescriptor,
+        DropReason::TooLong,
+        DropReason::Spoofed,
     ];
 
     /// Snake-case name for output.
@@ -54,6 +62,8 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::RxRingUnavailable => "rx_ring_unavailable",
             DropReason::RxBadDescriptor => "rx_bad_descriptor",
+            DropReason::TooLong => "too_long",
+            DropReason::Spoofed => "spoofed",
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Destination {
     Flood,
     /// Nowhere (hairpin, or a cross-connect without a peer).
     Nowhere,
+    /// Refused: the source MAC is not allowed on the source port.
+    Spoofed,
 }
 
 const SLOTS: usize = 4096;

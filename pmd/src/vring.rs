@@ -1,10 +1,9 @@
 //! Split virtqueue layout (virtio 1.2 §2.7) and its translation through guest memory.
-
-use std::ptr::NonNull;
+#![forbid(unsafe_code)]
 
 use thiserror::Error;
 
-use crate::memory::GuestMemoryMap;
+use crate::memory::{GuestMemoryMap, GuestRange};
 
 /// Largest split ring the spec allows.
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -82,21 +81,22 @@ pub fn part_lengths(size: u16, event_idx: bool) -> [(RingPart, u64, u64); 3] {
     ]
 }
 
-/// Host pointers of a ring whose addresses were checked against a memory map.
+/// The parts of a ring whose addresses were checked against a memory map: ranges of that
+/// map (plain numbers; memory is reached through the map, see [`crate::split::raw`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TranslatedRing {
     /// Queue size.
     pub size: u16,
     /// Descriptor table.
-    pub desc: NonNull<u8>,
-    /// Available ring.
-    pub avail: NonNull<u8>,
-    /// Used ring.
-    pub used: NonNull<u8>,
+    pub desc: GuestRange,
+    /// Available ring (with `used_event` when EVENT_IDX was used for the check).
+    pub avail: GuestRange,
+    /// Used ring (with `avail_event` likewise).
+    pub used: GuestRange,
 }
 
 /// Checks alignment, containment in one region and non-overlap of the three parts, and
-/// returns their host pointers.
+/// returns their ranges.
 pub fn translate(
     memory: &GuestMemoryMap,
     size: u16,
@@ -105,13 +105,13 @@ pub fn translate(
 ) -> Result<TranslatedRing, RingError> {
     let lens = part_lengths(size, event_idx);
     let starts = [addrs.desc, addrs.avail, addrs.used];
-    let mut ptrs = [NonNull::dangling(); 3];
+    let mut ranges = [GuestRange::default(); 3];
     for (i, &(part, len, align)) in lens.iter().enumerate() {
         let addr = starts[i];
         if !addr.is_multiple_of(align) {
             return Err(RingError::Misaligned { part, addr, align });
         }
-        ptrs[i] = memory
+        ranges[i] = memory
             .translate_user(addr, len)
             .ok_or(RingError::OutsideMemory { part, addr, len })?;
     }
@@ -126,17 +126,17 @@ pub fn translate(
     }
     Ok(TranslatedRing {
         size,
-        desc: ptrs[0],
-        avail: ptrs[1],
-        used: ptrs[2],
+        desc: ranges[0],
+        avail: ranges[1],
+        used: ranges[2],
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::test_memfd;
     use crate::memory::{MappedRegion, RegionSpec};
-    use crate::mmap::test_memfd;
     use std::sync::Arc;
 
     fn memory() -> GuestMemoryMap {
@@ -171,7 +171,10 @@ mod tests {
         };
         let t = translate(&mem, 256, addrs, true).unwrap();
         assert_eq!(t.size, 256);
-        assert_eq!(Some(t.avail), mem.translate_user(0x4000_1000, 1));
+        assert_eq!(
+            Some(t.avail),
+            mem.translate_user(0x4000_1000, 4 + 2 * 256 + 2)
+        );
     }
 
     #[test]

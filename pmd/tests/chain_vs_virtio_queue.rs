@@ -32,7 +32,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseResult, TestRng, TestR
 
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::split::chain::{walk, ChainError, Direction, Segments};
-use pmd::split::raw::{Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use pmd::split::raw::{Descriptor, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use pmd::vring::{translate, RingAddrs};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -124,8 +124,8 @@ impl Guest {
 
     /// Our view of the ring at DESC_GPA/AVAIL_GPA/USED_GPA (addresses in user space).
     ///
-    /// The returned ring points into `self.ours`: use it only while `self` is alive.
-    fn ring(&self, size: u16) -> RawRing {
+    /// The returned view borrows `self.ours`.
+    fn ring(&self, size: u16) -> SplitRing<'_> {
         let user = |gpa: u64| USER_BASE + gpa;
         let addrs = RingAddrs {
             desc: user(DESC_GPA),
@@ -133,9 +133,7 @@ impl Guest {
             used: user(USED_GPA),
         };
         let t = translate(&self.ours, size, addrs, true).expect("ring translates");
-        // SAFETY: `t` comes from `vring::translate` with `event_idx = true` sizes, and every
-        // caller drops the ring before the `Guest` (hence the mapping) it was taken from.
-        unsafe { RawRing::new(t) }
+        SplitRing::new(&self.ours, &t).expect("ring view")
     }
 
     /// The reference: every chain `virtio-queue` pops, as (head, buffers).
@@ -163,15 +161,16 @@ impl Guest {
             .collect()
     }
 
-    /// The host segments a buffer list must produce in a single-region memory.
-    fn expected_segments(&self, bufs: &[Buf]) -> Vec<(usize, u32)> {
+    /// The segments (guest address, length) a buffer list must produce in a single-region
+    /// memory.
+    fn expected_segments(&self, bufs: &[Buf]) -> Vec<(u64, u32)> {
         bufs.iter()
             .map(|&(addr, len, _)| {
-                let p = self
+                let r = self
                     .ours
                     .translate_gpa(addr, u64::from(len))
                     .expect("reference buffer inside memory");
-                (p.as_ptr() as usize, len)
+                (self.ours.gpa_of(&r).expect("gpa"), len)
             })
             .collect()
     }
@@ -179,10 +178,10 @@ impl Guest {
 
 const MAX_QUEUE_SIZE_REF: u16 = 1 << MAX_LOG2_SIZE;
 
-fn seg_list(segs: &Segments) -> Vec<(usize, u32)> {
+fn seg_list(mem: &GuestMemoryMap, segs: &Segments) -> Vec<(u64, u32)> {
     segs.as_slice()
         .iter()
-        .map(|s| (s.ptr.as_ptr() as usize, s.len))
+        .map(|s| (mem.gpa_of(s).expect("segment in the map"), s.len()))
         .collect()
 }
 
@@ -622,7 +621,12 @@ fn check_valid(m: &Model, stats: &ValidStats) -> TestCaseResult {
         let r = walk(&ring, &g.ours, head, dir, true, &mut segs);
         prop_assert_eq!(r, Ok(()), "valid chain {} refused", i);
         let want = g.expected_segments(ref_bufs);
-        prop_assert_eq!(seg_list(&segs), want.clone(), "segments of chain {}", i);
+        prop_assert_eq!(
+            seg_list(&g.ours, &segs),
+            want.clone(),
+            "segments of chain {}",
+            i
+        );
         let total: u64 = ref_bufs.iter().map(|b| u64::from(b.1)).sum();
         prop_assert_eq!(segs.total_len(), total);
         stats.compared.set(stats.compared.get() + 1);
@@ -646,7 +650,7 @@ fn check_valid(m: &Model, stats: &ValidStats) -> TestCaseResult {
             prop_assert_eq!(r, Err(ChainError::IndirectNotNegotiated));
         } else {
             prop_assert_eq!(r, Ok(()));
-            prop_assert_eq!(seg_list(&segs), want.clone());
+            prop_assert_eq!(seg_list(&g.ours, &segs), want.clone());
         }
         // Exactly enough room, then one segment short.
         let mut exact = Segments::with_capacity(want.len());
@@ -907,7 +911,7 @@ fn check_invalid(plan: &RingPlan, d: Defect, seed: u64, hits: &[Cell<u32>]) -> T
         if i != target {
             // The defect is confined to its chain.
             prop_assert_eq!(r, Ok(()), "undamaged chain {} refused", i);
-            prop_assert_eq!(seg_list(&segs), g.expected_segments(&c.bufs));
+            prop_assert_eq!(seg_list(&g.ours, &segs), g.expected_segments(&c.bufs));
             continue;
         }
         prop_assert_eq!(r, Err(expected), "{:?} in chain {}", d, i);
@@ -1053,7 +1057,7 @@ fn random_rings_never_panic_and_accepted_chains_agree() {
                     );
                     let nonempty: Vec<Buf> = ref_bufs.iter().copied().filter(|b| b.1 > 0).collect();
                     prop_assert_eq!(
-                        seg_list(&segs),
+                        seg_list(&g.ours, &segs),
                         g.expected_segments(&nonempty),
                         "head {} {:?}: reference {:?}",
                         head,
@@ -1099,7 +1103,7 @@ fn three_regions() -> Guest {
 }
 
 /// A ring of `size` in region A whose avail ring offers `heads`.
-fn ring_in_a(g: &Guest, size: u16, descs: &[Descriptor], heads: &[u16]) -> RawRing {
+fn ring_in_a<'g>(g: &'g Guest, size: u16, descs: &[Descriptor], heads: &[u16]) -> SplitRing<'g> {
     for (i, d) in descs.iter().enumerate() {
         g.write_desc(DESC_GPA + 16 * i as u64, *d);
     }
@@ -1116,21 +1120,13 @@ fn ring_in_a(g: &Guest, size: u16, descs: &[Descriptor], heads: &[u16]) -> RawRi
         used: user(USED_GPA),
     };
     let t = translate(&g.ours, size, addrs, true).expect("ring in region A");
-    // SAFETY: `t` comes from `vring::translate` with `event_idx = true` sizes; the callers
-    // drop the ring before the `Guest` whose mapping it points into.
-    unsafe { RawRing::new(t) }
+    SplitRing::new(&g.ours, &t).expect("ring view")
 }
 
 /// The bytes our segments cover, concatenated.
-fn segment_bytes(segs: &Segments) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in segs.as_slice() {
-        // SAFETY: the walker returned the segment after checking that its `len` bytes lie
-        // in a region of the memory map, which the caller's `Guest` keeps mapped; nothing
-        // writes guest memory while the slice lives.
-        let bytes = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr(), s.len as usize) };
-        out.extend_from_slice(bytes);
-    }
+fn segment_bytes(mem: &GuestMemoryMap, segs: &Segments) -> Vec<u8> {
+    let mut out = vec![0u8; segs.total_len() as usize];
+    assert!(pmd::copy::read(mem, segs.as_slice(), 0, &mut out));
     out
 }
 
@@ -1145,8 +1141,9 @@ fn reference_bytes(g: &Guest, bufs: &[Buf]) -> Vec<u8> {
     out
 }
 
-fn host(g: &Guest, gpa: u64) -> usize {
-    g.ours.translate_gpa(gpa, 1).expect("mapped").as_ptr() as usize
+fn host(g: &Guest, gpa: u64) -> u64 {
+    let r = g.ours.translate_gpa(gpa, 1).expect("mapped");
+    g.ours.gpa_of(&r).expect("gpa")
 }
 
 #[test]
@@ -1196,7 +1193,7 @@ fn buffers_across_region_boundaries_are_split_per_region() {
 
     walk(&ring, &g.ours, 0, Direction::Readable, true, &mut segs).expect("chain 0");
     assert_eq!(
-        seg_list(&segs),
+        seg_list(&g.ours, &segs),
         vec![
             (host(&g, 0x1_0000 - 100), 100),
             (host(&g, 0x1_0000), 200),
@@ -1207,14 +1204,20 @@ fn buffers_across_region_boundaries_are_split_per_region() {
     );
     assert_eq!(segs.total_len(), 300 + 10 + 0x1_0000 + 6);
     assert_eq!(reference[0].1.len(), 2);
-    assert_eq!(segment_bytes(&segs), reference_bytes(&g, &reference[0].1));
+    assert_eq!(
+        segment_bytes(&g.ours, &segs),
+        reference_bytes(&g, &reference[0].1)
+    );
 
     walk(&ring, &g.ours, 2, Direction::Writable, true, &mut segs).expect("chain 1");
     assert_eq!(
-        seg_list(&segs),
+        seg_list(&g.ours, &segs),
         vec![(host(&g, 0xff00), 0x100), (host(&g, 0x1_0000), 0x1_0000)]
     );
-    assert_eq!(segment_bytes(&segs), reference_bytes(&g, &reference[1].1));
+    assert_eq!(
+        segment_bytes(&g.ours, &segs),
+        reference_bytes(&g, &reference[1].1)
+    );
 
     // Not enough room for a split buffer.
     let mut short = Segments::with_capacity(4);
@@ -1291,5 +1294,5 @@ fn indirect_table_across_region_boundary_agrees_with_virtio_queue() {
         Ok(()),
         "our walker refuses a table across a region boundary"
     );
-    assert_eq!(segment_bytes(&segs), reference_bytes(&g, &want));
+    assert_eq!(segment_bytes(&g.ours, &segs), reference_bytes(&g, &want));
 }

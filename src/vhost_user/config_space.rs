@@ -35,8 +35,7 @@ mod tests {
             port: "p".into(),
             mac: [2, 0, 0, 0, 0, 9],
             queue_pairs: 3,
-            max_mem_slots: 8,
-            max_memory: 1 << 30,
+            limits: Default::default(),
             dataplane: None,
         };
         let s = encode(&cfg, true);

@@ -48,13 +48,38 @@ pub struct DeviceConfig {
     pub mac: [u8; 6],
     /// Queue pairs (rings = 2 x pairs).
     pub queue_pairs: u16,
-    /// Memory regions allowed (GET_MAX_MEM_SLOTS; SET_MEM_TABLE is capped at 8 by the spec).
-    pub max_mem_slots: u32,
-    /// Bytes of guest memory a front-end may have mapped at once (mappings are populated,
-    /// so this bounds the memory a front-end can make the switch allocate).
-    pub max_memory: u64,
+    /// What one front-end may make the switch hold.
+    pub limits: Limits,
     /// Where snapshots go: the data plane and this port's index in it.
     pub dataplane: Option<(Arc<Dataplane>, usize)>,
+}
+
+/// The resources one front-end connection may make the switch take, each checked before
+/// the resource is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory regions allowed (GET_MAX_MEM_SLOTS; SET_MEM_TABLE is capped at 8 by the spec).
+    pub max_mem_slots: u32,
+    /// Bytes of guest memory the switch maps for a front-end at once: the page-rounded
+    /// windows of its regions, which are populated, so this bounds the memory a front-end
+    /// can make the switch map.
+    pub max_memory: u64,
+    /// Descriptors one message may carry; beyond it the connection is closed.
+    pub max_fds_per_message: usize,
+    /// Descriptors the switch holds for one connection at once (ring eventfds, the
+    /// back-end channel, a message in flight); beyond it the connection is closed.
+    pub max_fds_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_mem_slots: 32,
+            max_memory: 64 << 30,
+            max_fds_per_message: 8,
+            max_fds_per_connection: 128,
+        }
+    }
 }
 
 impl std::fmt::Debug for DeviceConfig {
@@ -63,8 +88,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("port", &self.port)
             .field("mac", &self.mac)
             .field("queue_pairs", &self.queue_pairs)
-            .field("max_mem_slots", &self.max_mem_slots)
-            .field("max_memory", &self.max_memory)
+            .field("limits", &self.limits)
             .field("dataplane_port", &self.dataplane.as_ref().map(|(_, p)| *p))
             .finish()
     }
@@ -183,9 +207,36 @@ impl NetDevice {
         self.snapshot.as_ref()
     }
 
+    /// Descriptors this connection makes the switch hold (ring eventfds; region files are
+    /// closed once mapped).
+    pub fn held_fds(&self) -> usize {
+        self.rings
+            .iter()
+            .map(|r| {
+                usize::from(r.kick.is_some())
+                    + usize::from(r.call.is_some())
+                    + usize::from(r.err.is_some())
+            })
+            .sum()
+    }
+
+    /// Faults repaired in this front-end's memory since it was mapped: non-zero means the
+    /// front-end shrank a file under its mapping and the port must be failed.
+    pub fn memory_faults(&self) -> u64 {
+        self.memory.faults()
+    }
+
     /// Handles one request. On `Err` no state has changed.
     pub fn handle(&mut self, req: &mut Request) -> Result<Reply, Violation> {
         use FrontendReq as R;
+        let (held, incoming) = (self.held_fds(), req.fds.len());
+        if incoming > 0 && held + incoming > self.cfg.limits.max_fds_per_connection {
+            return Err(Violation::FdLimit {
+                held,
+                incoming,
+                limit: self.cfg.limits.max_fds_per_connection,
+            });
+        }
         match req.code {
             R::GET_FEATURES => {
                 no_fds(req)?;
@@ -219,7 +270,7 @@ impl NetDevice {
                 self.need_protocol(Proto::CONFIGURE_MEM_SLOTS, "CONFIGURE_MEM_SLOTS")?;
                 no_fds(req)?;
                 expect_empty(req)?;
-                Ok(u64_reply(u64::from(self.cfg.max_mem_slots)))
+                Ok(u64_reply(u64::from(self.cfg.limits.max_mem_slots)))
             }
             R::ADD_MEM_REG => self.add_mem_reg(req),
             R::REM_MEM_REG => self.rem_mem_reg(req),
@@ -510,10 +561,23 @@ impl NetDevice {
     pub(super) fn quiesce(&self) {
         if let Some((dp, _)) = &self.cfg.dataplane {
             if let Err(e) = dp.quiesce() {
-                tracing::error!(port = %self.cfg.port, "{e}");
+                fatal_quiesce(&self.cfg.port, &e);
             }
         }
     }
+}
+
+/// A PMD missed a quiescent point or died: the change the front-end asked for is not in
+/// force, and answering as if it were could let a PMD write into memory the front-end got
+/// back. The switch cannot recover from that by itself, so it exits loudly (status 70)
+/// for its supervisor to restart it.
+fn fatal_quiesce(port: &str, e: &pmd::dataplane::DataplaneError) -> ! {
+    tracing::error!(
+        port,
+        "fatal: {e}; exiting so that a supervisor restarts the switch"
+    );
+    eprintln!("vhost-switch: fatal: port {port}: {e}; exiting");
+    std::process::exit(70);
 }
 
 impl Drop for NetDevice {
@@ -523,7 +587,7 @@ impl Drop for NetDevice {
         if let Some((dp, port)) = &self.cfg.dataplane {
             dp.publish(*port, None);
             if let Err(e) = dp.quiesce() {
-                tracing::error!(port = %self.cfg.port, "{e}");
+                fatal_quiesce(&self.cfg.port, &e);
             }
             dp.forget_port(*port);
         }

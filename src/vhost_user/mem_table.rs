@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
+use pmd::memory::{GuestMemoryMap, MappedRegion, RegionPlan, RegionSpec};
 use vhost::vhost_user::message::{
     VhostUserMemory, VhostUserMemoryRegion, VhostUserSingleMemoryRegion,
 };
@@ -34,19 +34,45 @@ fn spec_of(r: &VhostUserMemoryRegion) -> RegionSpec {
 }
 
 impl NetDevice {
-    /// Refuses a table larger than the port's memory limit before anything is mapped.
+    /// Refuses a table that would make the switch map more than the port's memory limit,
+    /// before anything is mapped: what counts is what will be mapped (each region's
+    /// page-rounded file window), plus what `kept` regions already map.
     fn check_memory_limit<'a>(
         &self,
-        specs: impl Iterator<Item = &'a RegionSpec>,
+        plans: impl Iterator<Item = &'a RegionPlan>,
+        kept: u64,
     ) -> Result<(), Violation> {
-        let requested = specs.fold(0u64, |sum, s| sum.saturating_add(s.size));
-        if requested > self.cfg.max_memory {
+        let requested = plans.fold(kept, |sum, p| sum.saturating_add(p.window_len));
+        if requested > self.cfg.limits.max_memory {
             return Err(Violation::MemoryLimit {
                 requested,
-                limit: self.cfg.max_memory,
+                limit: self.cfg.limits.max_memory,
             });
         }
         Ok(())
+    }
+
+    /// Maps planned regions, logging whether the front-end can still shrink them.
+    fn map_regions(
+        &self,
+        plans: Vec<RegionPlan>,
+        files: &[std::fs::File],
+    ) -> Result<Vec<Arc<MappedRegion>>, Violation> {
+        let mut regions = Vec::with_capacity(plans.len());
+        for (plan, file) in plans.into_iter().zip(files) {
+            let region = MappedRegion::map_planned(plan, file)?;
+            tracing::debug!(
+                port = %self.cfg.port,
+                gpa = format_args!("{:#x}", plan.spec.guest_phys_addr),
+                size = plan.spec.size,
+                mapped = plan.window_len,
+                page = plan.page,
+                sealed = plan.sealed,
+                "region mapped"
+            );
+            regions.push(Arc::new(region));
+        }
+        Ok(regions)
     }
 
     fn need_mem_slots(&self) -> Result<(), Violation> {
@@ -87,7 +113,7 @@ impl NetDevice {
         let mut table = VhostUserMemory::default();
         table.as_mut_slice().copy_from_slice(&req.payload[..head]);
         let count = table.num_regions;
-        let max = SET_MEM_TABLE_MAX_REGIONS.min(self.cfg.max_mem_slots);
+        let max = SET_MEM_TABLE_MAX_REGIONS.min(self.cfg.limits.max_mem_slots);
         if count == 0 || count > max {
             return Err(Violation::RegionCount { count, max });
         }
@@ -108,15 +134,19 @@ impl NetDevice {
             })
             .collect();
         pmd::memory::check_disjoint(specs.iter().copied())?;
-        self.check_memory_limit(specs.iter())?;
-        let mut regions = Vec::with_capacity(specs.len());
-        for (spec, file) in specs.into_iter().zip(files.iter()) {
-            regions.push(Arc::new(MappedRegion::map(spec, file)?));
-        }
+        let plans = specs
+            .into_iter()
+            .zip(files.iter())
+            .map(|(spec, file)| RegionPlan::new(spec, file))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_memory_limit(plans.iter(), 0)?;
+        let regions = self.map_regions(plans, &files)?;
         let hugetlb = regions.iter().filter(|r| r.is_hugetlb()).count();
+        let sealed = regions.iter().filter(|r| r.is_sealed()).count();
         let memory = GuestMemoryMap::new(regions, max as usize)?;
+        let mapped = memory.mapped_bytes();
         self.install_memory(memory)?;
-        tracing::info!(port = %self.cfg.port, regions = count, hugetlb, "memory table mapped");
+        tracing::info!(port = %self.cfg.port, regions = count, hugetlb, sealed, mapped, "memory table mapped");
         Ok(Reply::None)
     }
 
@@ -126,17 +156,17 @@ impl NetDevice {
         let msg: VhostUserSingleMemoryRegion = body(req)?;
         let file = take_fds(req, 1)?.remove(0);
         let spec = spec_of(&msg);
-        let max = self.cfg.max_mem_slots;
+        let max = self.cfg.limits.max_mem_slots;
         let count = self.memory.regions().len() as u32 + 1;
         if count > max {
             return Err(Violation::RegionCount { count, max });
         }
         let existing = self.memory.regions().iter().map(|r| *r.spec());
-        pmd::memory::check_disjoint(existing.clone().chain(std::iter::once(spec)))?;
-        let all: Vec<RegionSpec> = existing.chain(std::iter::once(spec)).collect();
-        self.check_memory_limit(all.iter())?;
+        pmd::memory::check_disjoint(existing.chain(std::iter::once(spec)))?;
+        let plan = RegionPlan::new(spec, &file)?;
+        self.check_memory_limit(std::iter::once(&plan), self.memory.mapped_bytes())?;
         let mut regions = self.memory.regions().to_vec();
-        regions.push(Arc::new(MappedRegion::map(spec, &file)?));
+        regions.extend(self.map_regions(vec![plan], std::slice::from_ref(&file))?);
         let memory = GuestMemoryMap::new(regions, max as usize)?;
         self.install_memory(memory)?;
         tracing::info!(port = %self.cfg.port, regions = count, "memory region added");
@@ -171,7 +201,7 @@ impl NetDevice {
         };
         let mut kept = regions.to_vec();
         kept.remove(position);
-        let memory = GuestMemoryMap::new(kept, self.cfg.max_mem_slots as usize)?;
+        let memory = GuestMemoryMap::new(kept, self.cfg.limits.max_mem_slots as usize)?;
         self.install_memory(memory)?;
         tracing::info!(port = %self.cfg.port, regions = self.memory.regions().len(), "memory region removed");
         Ok(Reply::None)

@@ -148,8 +148,13 @@ impl NetDevice {
         Ok(Reply::Payload(reply.as_slice().to_vec()))
     }
 
-    /// Parses the u64 payload of KICK/CALL/ERR and the descriptor that goes with it.
-    fn ring_fd(&self, req: &mut Request) -> Result<(usize, Option<File>), Violation> {
+    /// Parses the u64 payload of KICK/CALL/ERR and the descriptor that goes with it, which
+    /// must be an eventfd (made non-blocking here).
+    fn ring_fd(
+        &self,
+        req: &mut Request,
+        which: &'static str,
+    ) -> Result<(usize, Option<File>), Violation> {
         let value = body::<VhostUserU64>(req)?.value;
         let reserved = value & !(INDEX_MASK | INVALID_FD_FLAG);
         if reserved != 0 {
@@ -160,12 +165,20 @@ impl NetDevice {
         let i = self.ring_index(value & INDEX_MASK)?;
         let no_fd = value & INVALID_FD_FLAG != 0;
         let mut fds = take_fds(req, if no_fd { 0 } else { 1 })?;
-        Ok((i, fds.pop()))
+        let fd = fds.pop();
+        if let Some(file) = &fd {
+            super::socket::accept_eventfd(file).map_err(|found| Violation::NotAnEventfd {
+                index: i as u32,
+                which,
+                found,
+            })?;
+        }
+        Ok((i, fd))
     }
 
     pub(super) fn set_vring_kick(&mut self, req: &mut Request) -> Result<Reply, Violation> {
         self.need_owner()?;
-        let (i, fd) = self.ring_fd(req)?;
+        let (i, fd) = self.ring_fd(req, "kick")?;
         let index = i as u32;
         let features = self.features_for_start(index)?;
         let ring = &self.rings[i];
@@ -213,7 +226,7 @@ impl NetDevice {
 
     pub(super) fn set_vring_call(&mut self, req: &mut Request) -> Result<Reply, Violation> {
         self.need_owner()?;
-        let (i, fd) = self.ring_fd(req)?;
+        let (i, fd) = self.ring_fd(req, "call")?;
         self.rings[i].call = fd.map(Arc::new);
         if self.rings[i].started {
             self.republish();
@@ -223,7 +236,7 @@ impl NetDevice {
 
     pub(super) fn set_vring_err(&mut self, req: &mut Request) -> Result<Reply, Violation> {
         self.need_owner()?;
-        let (i, fd) = self.ring_fd(req)?;
+        let (i, fd) = self.ring_fd(req, "err")?;
         self.rings[i].err = fd;
         Ok(Reply::None)
     }

@@ -45,6 +45,8 @@ pub enum SessionEnd {
     Rejected(FrontendReq, Violation),
     /// A reply could not be sent (the front-end does not read, or the socket broke).
     ReplyFailed(std::io::Error),
+    /// The front-end shrank a memory file under the switch's mapping (accesses faulted).
+    MemoryFault(u64),
 }
 
 impl std::fmt::Display for SessionEnd {
@@ -60,6 +62,10 @@ impl std::fmt::Display for SessionEnd {
                 )
             }
             SessionEnd::ReplyFailed(e) => write!(f, "could not send a reply: {e}"),
+            SessionEnd::MemoryFault(n) => write!(
+                f,
+                "guest memory shrank under its mapping ({n} faulting accesses repaired): port failed"
+            ),
         }
     }
 }
@@ -78,7 +84,7 @@ impl Session {
         sock.set_nonblocking(true)?;
         Ok(Session {
             sock,
-            reader: MessageReader::default(),
+            reader: MessageReader::new(cfg.limits.max_fds_per_message),
             device: NetDevice::new(cfg),
         })
     }

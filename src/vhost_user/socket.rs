@@ -1,5 +1,6 @@
-//! Nonblocking `recvmsg`/`send` with SCM_RIGHTS on a unix stream: the only raw socket
-//! calls of the control plane.
+//! Nonblocking `recvmsg`/`send` with SCM_RIGHTS on a unix stream, and the check that
+//! makes a ring descriptor a non-blocking eventfd: the only raw descriptor calls of the
+//! control plane.
 
 use std::fs::File;
 use std::io;
@@ -97,4 +98,67 @@ pub fn send_nonblocking(sock: &UnixStream, data: &[u8]) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// What a ring descriptor (kick, call, err) is, as the kernel names it.
+fn describe_fd(file: &File) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// Accepts `file` as a ring notification descriptor only if it is an eventfd, and makes
+/// it non-blocking: a PMD writing an interrupt must never wait (a full counter, EAGAIN,
+/// just means the interrupt is already pending). Returns what the descriptor is otherwise.
+///
+/// O_NONBLOCK is a property of the open file, which the front-end shares; QEMU and DPDK
+/// create their eventfds non-blocking already.
+pub fn accept_eventfd(file: &File) -> Result<(), String> {
+    let what = describe_fd(file);
+    if what != "anon_inode:[eventfd]" {
+        return Err(what);
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; only the status flags change.
+    let ok = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return Err(format!(
+            "an eventfd whose flags cannot be set: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn only_eventfds_are_accepted_and_they_become_non_blocking() {
+        // SAFETY: eventfd returns a new descriptor or -1 (checked).
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let efd = unsafe { File::from_raw_fd(fd) };
+        accept_eventfd(&efd).unwrap();
+        // SAFETY: F_GETFL on our own descriptor.
+        let flags = unsafe { libc::fcntl(efd.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags & libc::O_NONBLOCK != 0);
+        let (a, _b) = UnixStream::pair().unwrap();
+        let err = accept_eventfd(&File::from(std::os::fd::OwnedFd::from(a))).unwrap_err();
+        assert!(err.starts_with("socket:"), "{err}");
+        let file = tempfile_in_tmp();
+        assert!(accept_eventfd(&file).unwrap_err().starts_with('/'));
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!("vs-fd-test-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        f
+    }
 }

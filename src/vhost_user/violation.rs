@@ -156,6 +156,29 @@ pub enum Violation {
     /// R5: status value out of range.
     #[error("status {0:#x} is not a virtio status byte")]
     Status(u64),
+    /// R11: a kick, call or error descriptor that is not an eventfd (a pipe or a socket
+    /// could block the data plane, or make it write into a stream).
+    #[error("ring {index}: the {which} descriptor is {found}, not an eventfd")]
+    NotAnEventfd {
+        /// The ring.
+        index: u32,
+        /// "kick", "call" or "err".
+        which: &'static str,
+        /// What it is instead.
+        found: String,
+    },
+    /// R11: the connection would make the switch hold more descriptors than allowed.
+    #[error(
+        "{held} descriptors held and {incoming} more sent exceed this port's limit of {limit}"
+    )]
+    FdLimit {
+        /// Descriptors the switch holds for this connection.
+        held: usize,
+        /// Descriptors the message carries.
+        incoming: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl Violation {
@@ -179,6 +202,7 @@ impl Violation {
             | RingLosesMemory { .. }
             | MemoryLimit { .. } => "R8 memory table",
             Config(_) => "R9 config space",
+            NotAnEventfd { .. } | FdLimit { .. } => "R11 tenant bounds",
         }
     }
 }

@@ -58,6 +58,14 @@ pub enum FramingError {
     /// More descriptors than the kernel could deliver were attached.
     #[error("too many file descriptors attached (truncated by the kernel)")]
     FdsTruncated,
+    /// One message carried more descriptors than a message may.
+    #[error("{got} file descriptors attached to one message; the limit is {max}")]
+    TooManyFds {
+        /// Descriptors received for the message so far.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The peer closed in the middle of a message.
     #[error("connection closed after {0} bytes of a message")]
     Truncated(usize),
@@ -92,10 +100,23 @@ pub struct MessageReader {
     body: Vec<u8>,
     body_len: usize,
     fds: Vec<File>,
+    max_fds: usize,
 }
 
 impl Default for MessageReader {
+    /// A reader that accepts as many descriptors per message as the protocol ever needs.
     fn default() -> Self {
+        MessageReader::new(DEFAULT_MAX_FDS_PER_MESSAGE)
+    }
+}
+
+/// SET_MEM_TABLE's 8 regions: the most descriptors any vhost-user message carries.
+pub const DEFAULT_MAX_FDS_PER_MESSAGE: usize = 8;
+
+impl MessageReader {
+    /// A reader that closes the connection when one message (however it is split across
+    /// reads) carries more than `max_fds` descriptors.
+    pub fn new(max_fds: usize) -> Self {
         MessageReader {
             stage: Stage::Header,
             header: [0; HEADER_LEN],
@@ -103,11 +124,10 @@ impl Default for MessageReader {
             body: Vec::new(),
             body_len: 0,
             fds: Vec::new(),
+            max_fds,
         }
     }
-}
 
-impl MessageReader {
     /// Reads until a message is complete or the socket has nothing more.
     pub fn read(&mut self, sock: &UnixStream) -> Result<ReadEvent, FramingError> {
         loop {
@@ -136,7 +156,7 @@ impl MessageReader {
                             payload: std::mem::take(&mut self.body),
                             fds: std::mem::take(&mut self.fds),
                         };
-                        *self = MessageReader::default();
+                        *self = MessageReader::new(self.max_fds);
                         return Ok(ReadEvent::Request(request));
                     }
                     let got = match self.recv(sock, Part::Body)? {
@@ -159,6 +179,12 @@ impl MessageReader {
         };
         match socket::recv_with_fds(sock, buf, &mut self.fds) {
             Ok(r) if r.fds_truncated => Err(FramingError::FdsTruncated),
+            // Checked after every read, so a message sent in many small pieces, each with
+            // descriptors, cannot make us hold more than one read's worth past the limit.
+            Ok(_) if self.fds.len() > self.max_fds => Err(FramingError::TooManyFds {
+                got: self.fds.len(),
+                max: self.max_fds,
+            }),
             Ok(r) => Ok(Some(r.bytes)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             // Level-triggered epoll calls again for what is left.

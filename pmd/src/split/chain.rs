@@ -4,17 +4,17 @@
 //! queue size (so a loop ends as `TooLong`), an indirect table by its own length, indirect
 //! tables may not nest, device-readable buffers come before device-writable ones, and
 //! every buffer range must lie in guest memory. Buffers that cross a region boundary are
-//! split into one host segment per region.
-
-use std::ptr::NonNull;
+//! split into one segment per region. A chain may not hold more than 2^32 bytes in all
+//! (virtio 1.2 §2.7.5.2).
+#![forbid(unsafe_code)]
 
 use thiserror::Error;
 
-use super::raw::{
-    indirect_descriptor, read_guest_bytes, Descriptor, RawRing, DESC_F_INDIRECT, DESC_F_NEXT,
-    DESC_F_WRITE,
-};
-use crate::memory::GuestMemoryMap;
+use super::raw::{Descriptor, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::memory::{GuestMemoryMap, GuestRange};
+
+/// The most bytes a descriptor chain may hold (virtio 1.2 §2.7.5.2: 2^32).
+pub const MAX_CHAIN_BYTES: u64 = 1 << 32;
 
 /// Why a chain was refused.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -51,21 +51,16 @@ pub enum ChainError {
     /// The driver set the INDIRECT feature bit it did not negotiate.
     #[error("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC")]
     IndirectNotNegotiated,
+    /// The buffers add up to more than 2^32 bytes.
+    #[error("chain holds more than 2^32 bytes")]
+    TooManyBytes,
 }
 
-/// A host memory segment of a chain.
-#[derive(Clone, Copy, Debug)]
-pub struct Segment {
-    /// Host address of the first byte.
-    pub ptr: NonNull<u8>,
-    /// Length in bytes.
-    pub len: u32,
-}
-
-/// Preallocated space for one chain's segments (no allocation per packet).
+/// Preallocated space for one chain's segments (no allocation per packet): ranges of the
+/// memory map the chain was walked in.
 #[derive(Debug)]
 pub struct Segments {
-    segs: Vec<Segment>,
+    segs: Vec<GuestRange>,
     total: u64,
 }
 
@@ -85,7 +80,7 @@ impl Segments {
     }
 
     /// The segments, in chain order.
-    pub fn as_slice(&self) -> &[Segment] {
+    pub fn as_slice(&self) -> &[GuestRange] {
         &self.segs
     }
 
@@ -94,11 +89,14 @@ impl Segments {
         self.total
     }
 
-    fn push(&mut self, seg: Segment) -> Result<(), ChainError> {
+    fn push(&mut self, seg: GuestRange) -> Result<(), ChainError> {
         if self.segs.len() == self.segs.capacity() {
             return Err(ChainError::TooManySegments);
         }
-        self.total += u64::from(seg.len);
+        self.total += u64::from(seg.len());
+        if self.total > MAX_CHAIN_BYTES {
+            return Err(ChainError::TooManyBytes);
+        }
         self.segs.push(seg);
         Ok(())
     }
@@ -113,7 +111,7 @@ pub enum Direction {
     Writable,
 }
 
-/// Appends the host segments of `addr..addr+len`, split at region boundaries.
+/// Appends the segments of `addr..addr+len`, split at region boundaries.
 fn push_range(
     mem: &GuestMemoryMap,
     addr: u64,
@@ -124,12 +122,9 @@ fn push_range(
     let mut left = u64::from(len);
     let outside = ChainError::OutsideMemory { addr, len };
     while left > 0 {
-        let (ptr, room) = mem.translate_gpa_prefix(at).ok_or(outside)?;
-        let take = left.min(room);
-        out.push(Segment {
-            ptr,
-            len: take as u32,
-        })?;
+        let prefix = mem.translate_gpa_prefix(at).ok_or(outside)?;
+        let take = left.min(u64::from(prefix.len()));
+        out.push(prefix.sub(0, take as u32))?;
         at = at.checked_add(take).ok_or(outside)?;
         left -= take;
     }
@@ -140,7 +135,7 @@ fn push_range(
 ///
 /// `indirect_ok`: VIRTIO_RING_F_INDIRECT_DESC was negotiated.
 pub fn walk(
-    ring: &RawRing,
+    ring: &SplitRing<'_>,
     mem: &GuestMemoryMap,
     head: u16,
     dir: Direction,
@@ -153,7 +148,7 @@ pub fn walk(
 
 /// Walks the chain starting at `head`, appending its buffers to `out`.
 pub fn walk_append(
-    ring: &RawRing,
+    ring: &SplitRing<'_>,
     mem: &GuestMemoryMap,
     head: u16,
     dir: Direction,
@@ -201,46 +196,30 @@ fn walk_indirect(
         return Err(ChainError::BadIndirectLength(len));
     }
     let count = len / 16;
-    let outside = ChainError::OutsideMemory {
-        addr: table.addr,
-        len,
-    };
-    let whole = mem.translate_gpa(table.addr, u64::from(len));
-    if whole.is_none() {
-        // Legal but rare: a table across adjacent regions. Every byte must be mapped.
-        let mut at = table.addr;
-        let mut left = u64::from(len);
-        while left > 0 {
-            let (_, room) = mem.translate_gpa_prefix(at).ok_or(outside)?;
-            let take = left.min(room);
-            at = at.checked_add(take).ok_or(outside)?;
-            left -= take;
-        }
+    if !mem.covers_gpa(table.addr, u64::from(len)) {
+        return Err(ChainError::OutsideMemory {
+            addr: table.addr,
+            len,
+        });
     }
+    // Usually the table lies in one region and is read through one view; a table across
+    // adjacent regions (legal but rare) is read piecewise.
+    let whole = mem.translate_gpa(table.addr, u64::from(len));
+    let view = whole.as_ref().and_then(|r| mem.slice(r));
     let read = |i: u16| -> Option<Descriptor> {
-        match whole {
-            // SAFETY: `ptr` covers `len = 16 * count` bytes of guest memory, translated
-            // through `mem`, which the caller keeps mapped for the duration of the walk.
-            Some(ptr) => unsafe { indirect_descriptor(ptr.as_ptr(), count, i) },
-            None => {
-                if u32::from(i) >= count {
-                    return None;
-                }
-                let mut bytes = [0u8; 16];
-                let mut at = table.addr + 16 * u64::from(i);
-                let mut done = 0;
-                while done < 16 {
-                    let (p, room) = mem.translate_gpa_prefix(at)?;
-                    let n = (16 - done).min(room as usize);
-                    // SAFETY: translate_gpa_prefix vouches for `room` mapped bytes at `p`,
-                    // n <= room, and `mem` stays mapped for the walk.
-                    unsafe { read_guest_bytes(p.as_ptr(), &mut bytes[done..done + n]) };
-                    done += n;
-                    at += n as u64;
-                }
-                Some(Descriptor::from_le_bytes(bytes))
-            }
+        if u32::from(i) >= count {
+            return None;
         }
+        let offset = 16 * usize::from(i);
+        let bytes = match &view {
+            Some(v) => v.read_volatile_16(offset)?,
+            None => {
+                let mut bytes = [0u8; 16];
+                mem.read_gpa(table.addr + offset as u64, &mut bytes)?;
+                bytes
+            }
+        };
+        Some(Descriptor::from_le_bytes(bytes))
     };
     let mut desc = read(0).ok_or(ChainError::IndexOutOfRange(0))?;
     let mut seen = 1;

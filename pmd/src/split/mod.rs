@@ -1,4 +1,5 @@
-//! Split virtqueues, device side: raw ring access and chain walking.
+//! Split virtqueues, device side: ring views and chain walking.
+#![forbid(unsafe_code)]
 
 pub mod chain;
 pub mod raw;

@@ -1,17 +1,17 @@
-//! Raw access to a split virtqueue in guest memory (virtio 1.2 §2.7): the only place the
-//! data plane dereferences ring pointers.
+//! A split virtqueue in guest memory (virtio 1.2 §2.7), seen through [`GuestSlice`]s.
 //!
 //! Every shared index is read and written through atomics with the ordering that pairs
-//! with the driver's side; descriptors and ring entries are copied out with volatile reads
-//! (read once, then validated from the copy: no double fetch).
+//! with the driver's side; descriptors are copied out with volatile reads (read once, then
+//! validated from the copy: no double fetch).
+#![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 
+use crate::memory::{GuestMemoryMap, GuestSlice};
 use crate::vring::TranslatedRing;
 
 /// A descriptor as copied out of the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
 pub struct Descriptor {
     /// Guest physical address of the buffer.
     pub addr: u64,
@@ -23,7 +23,22 @@ pub struct Descriptor {
     pub next: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<Descriptor>() == 16);
+/// Size of a descriptor in the table (virtio 1.2 §2.7.5).
+pub const DESCRIPTOR_SIZE: usize = 16;
+
+/// Byte offsets inside the avail and used rings (virtio 1.2 §2.7.6, §2.7.8).
+mod field {
+    /// `flags`, in both rings.
+    pub const FLAGS: usize = 0;
+    /// `idx`, in both rings.
+    pub const IDX: usize = 2;
+    /// First ring entry, in both rings.
+    pub const RING: usize = 4;
+    /// An avail entry: a descriptor head.
+    pub const AVAIL_ENTRY: usize = 2;
+    /// A used element: `id` (u32) and `len` (u32).
+    pub const USED_ELEM: usize = 8;
+}
 
 /// The chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
@@ -36,188 +51,134 @@ pub const USED_F_NO_NOTIFY: u16 = 1;
 /// avail.flags: the driver does not want interrupts.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
-/// Asks the CPU to start loading the cache line at `p`. A hint only: nothing is read, and
-/// no address can fault, so any pointer is fine.
-#[inline(always)]
-pub fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 never faults and has no architectural effect, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+/// A split ring's three parts in one memory map, for as long as the map is borrowed.
+///
+/// Built from a [`TranslatedRing`] whose parts were checked for size and alignment, so
+/// the accessors below stay in bounds; should a range not fit the map (it came from
+/// another map), [`SplitRing::new`] refuses it instead.
+#[derive(Debug)]
+pub struct SplitRing<'m> {
+    size: u16,
+    desc: GuestSlice<'m>,
+    avail: GuestSlice<'m>,
+    used: GuestSlice<'m>,
 }
 
-/// Pointers to the three parts of one split ring, checked at construction.
-#[derive(Clone, Copy, Debug)]
-pub struct RawRing {
-    ring: TranslatedRing,
-}
-
-// SAFETY: RawRing holds plain addresses into shared guest memory; all access goes through
-// the atomic/volatile accessors below, and the owner (`RingRuntime`) keeps the mapping
-// alive and serialises the device-side writers.
-unsafe impl Send for RawRing {}
-// SAFETY: as above.
-unsafe impl Sync for RawRing {}
-
-impl RawRing {
-    /// Wraps a translated ring.
-    ///
-    /// # Safety
-    ///
-    /// - `ring` came from [`crate::vring::translate`] with `event_idx = true` sizes or the
-    ///   ring's real feature set, so each part's full length lies inside mapped memory;
-    /// - that mapping outlives every use of the returned value (the caller holds the
-    ///   `Arc<GuestMemoryMap>` the pointers point into).
-    pub unsafe fn new(ring: TranslatedRing) -> Self {
-        RawRing { ring }
+impl<'m> SplitRing<'m> {
+    /// The ring `ring` in `memory`. `None` if a part does not lie in `memory` with the
+    /// length a ring of its size needs (the event words included).
+    pub fn new(memory: &'m GuestMemoryMap, ring: &TranslatedRing) -> Option<Self> {
+        let n = usize::from(ring.size);
+        let desc = memory.slice(&ring.desc)?;
+        let avail = memory.slice(&ring.avail)?;
+        let used = memory.slice(&ring.used)?;
+        let fits = desc.len() >= DESCRIPTOR_SIZE * n
+            && avail.len() >= field::RING + field::AVAIL_ENTRY * n
+            && used.len() >= field::RING + field::USED_ELEM * n
+            && ring.size.is_power_of_two();
+        fits.then_some(SplitRing {
+            size: ring.size,
+            desc,
+            avail,
+            used,
+        })
     }
 
     /// Queue size.
+    #[inline]
     pub fn size(&self) -> u16 {
-        self.ring.size
-    }
-
-    fn u16_at(&self, base: *mut u8, offset: usize) -> &AtomicU16 {
-        // SAFETY:
-        // - `base + offset` lies inside a ring part whose whole length was checked against
-        //   the memory map (callers pass offsets within the §2.7 layout for `size`);
-        // - ring parts are at least 2-byte aligned (checked by `vring::translate`), and
-        //   every u16 field sits at an even offset;
-        // - the mapping outlives `self` (constructor contract), and AtomicU16 has the
-        //   same layout as u16; concurrent access by the driver is what atomics are for.
-        unsafe { AtomicU16::from_ptr(base.add(offset).cast()) }
+        self.size
     }
 
     /// `avail.idx`, Acquire: pairs with the driver's release after writing ring entries.
+    #[inline]
     pub fn avail_idx(&self) -> u16 {
-        self.u16_at(self.ring.avail.as_ptr(), 2)
-            .load(Ordering::Acquire)
+        self.avail
+            .load_u16(field::IDX, Ordering::Acquire)
+            .unwrap_or_default()
     }
 
     /// `avail.flags`.
+    #[inline]
     pub fn avail_flags(&self) -> u16 {
-        self.u16_at(self.ring.avail.as_ptr(), 0)
-            .load(Ordering::Relaxed)
+        self.avail
+            .load_u16(field::FLAGS, Ordering::Relaxed)
+            .unwrap_or_default()
     }
 
-    /// `avail.ring[slot % size]`: a descriptor head (not yet validated).
+    /// `avail.ring[idx % size]`: a descriptor head (not yet validated).
+    #[inline]
     pub fn avail_entry(&self, idx: u16) -> u16 {
-        let slot = usize::from(idx & (self.ring.size - 1));
-        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * slot)
-            .load(Ordering::Relaxed)
+        let slot = usize::from(idx & (self.size - 1));
+        self.avail
+            .load_u16(field::RING + field::AVAIL_ENTRY * slot, Ordering::Relaxed)
+            .unwrap_or_default()
     }
 
-    /// `used_event` (EVENT_IDX), after the avail ring.
+    /// `used_event` (EVENT_IDX), after the avail ring; 0 if the ring was checked without
+    /// room for it.
+    #[inline]
     pub fn used_event(&self) -> u16 {
-        let n = usize::from(self.ring.size);
-        self.u16_at(self.ring.avail.as_ptr(), 4 + 2 * n)
-            .load(Ordering::Acquire)
+        let n = usize::from(self.size);
+        self.avail
+            .load_u16(field::RING + field::AVAIL_ENTRY * n, Ordering::Acquire)
+            .unwrap_or_default()
     }
 
     /// `used.idx` as currently in memory.
+    #[inline]
     pub fn used_idx(&self) -> u16 {
-        self.u16_at(self.ring.used.as_ptr(), 2)
-            .load(Ordering::Relaxed)
+        self.used
+            .load_u16(field::IDX, Ordering::Relaxed)
+            .unwrap_or_default()
     }
 
     /// Publishes `used.idx`, Release: every used entry written before is visible first.
+    #[inline]
     pub fn publish_used(&self, idx: u16) {
-        self.u16_at(self.ring.used.as_ptr(), 2)
-            .store(idx, Ordering::Release);
+        let _ = self.used.store_u16(field::IDX, idx, Ordering::Release);
     }
 
     /// Sets `used.flags`.
     pub fn set_used_flags(&self, flags: u16) {
-        self.u16_at(self.ring.used.as_ptr(), 0)
-            .store(flags, Ordering::Relaxed);
+        let _ = self.used.store_u16(field::FLAGS, flags, Ordering::Relaxed);
     }
 
     /// Sets `avail_event` (EVENT_IDX), after the used ring.
+    #[inline]
     pub fn set_avail_event(&self, idx: u16) {
-        let n = usize::from(self.ring.size);
-        self.u16_at(self.ring.used.as_ptr(), 4 + 8 * n)
-            .store(idx, Ordering::Release);
+        let n = usize::from(self.size);
+        let _ = self
+            .used
+            .store_u16(field::RING + field::USED_ELEM * n, idx, Ordering::Release);
     }
 
-    /// Writes used entry `idx % size`; it becomes visible with the next `publish_used`.
+    /// Writes used element `idx % size`; it becomes visible with the next `publish_used`.
+    #[inline]
     pub fn write_used(&self, idx: u16, id: u16, len: u32) {
-        let slot = usize::from(idx & (self.ring.size - 1));
-        let elem = u64::from(id) | (u64::from(len) << 32);
-        // SAFETY: slot < size, so the 8-byte element at 4 + 8*slot lies inside the used
-        // ring checked at construction; it is 4-byte aligned (used ring alignment, offset
-        // multiple of 4), hence write_unaligned. The driver reads it only after the
-        // Release store of used.idx that follows.
-        unsafe {
-            let p = self.ring.used.as_ptr().add(4 + 8 * slot).cast::<u64>();
-            std::ptr::write_volatile(p.cast::<[u32; 2]>(), [elem as u32, (elem >> 32) as u32]);
-        }
+        let slot = usize::from(idx & (self.size - 1));
+        let at = field::RING + field::USED_ELEM * slot;
+        let _ = self.used.store_u32_le(at, u32::from(id));
+        let _ = self.used.store_u32_le(at + 4, len);
     }
 
     /// Starts loading descriptor `index` (a burst's descriptors are fetched in parallel
     /// instead of one cross-core miss after another).
     #[inline]
     pub fn prefetch_descriptor(&self, index: u16) {
-        if index < self.ring.size {
-            prefetch(
-                self.ring
-                    .desc
-                    .as_ptr()
-                    .wrapping_add(16 * usize::from(index)),
-            );
-        }
+        self.desc.prefetch(DESCRIPTOR_SIZE * usize::from(index));
     }
 
     /// Copies descriptor `index` out of the main table. `None` when `index >= size`.
+    #[inline]
     pub fn descriptor(&self, index: u16) -> Option<Descriptor> {
-        if index >= self.ring.size {
+        if index >= self.size {
             return None;
         }
-        // SAFETY: index < size, so the 16 bytes at 16*index lie inside the descriptor
-        // table checked at construction, which is 16-byte aligned. The copy is volatile
-        // because the driver may rewrite the table at any time; the copy is what we validate.
-        Some(unsafe {
-            std::ptr::read_volatile(
-                self.ring
-                    .desc
-                    .as_ptr()
-                    .add(16 * usize::from(index))
-                    .cast::<Descriptor>(),
-            )
-        })
-    }
-}
-
-/// Copies descriptor `index` out of an indirect table at `table` with `count` entries.
-/// `None` when `index >= count`.
-///
-/// # Safety
-///
-/// `table` points to `16 * count` bytes of mapped guest memory that stay mapped for the
-/// duration of the call (translated through the memory map the caller holds).
-pub unsafe fn indirect_descriptor(table: *const u8, count: u32, index: u16) -> Option<Descriptor> {
-    if u32::from(index) >= count {
-        return None;
-    }
-    // SAFETY: index < count, so the 16 bytes lie inside the table (caller contract); the
-    // table may be unaligned (the spec does not require alignment), hence a byte copy.
-    let bytes =
-        unsafe { std::ptr::read_volatile(table.add(16 * usize::from(index)).cast::<[u8; 16]>()) };
-    Some(Descriptor::from_le_bytes(bytes))
-}
-
-/// Copies `dst.len()` bytes of guest memory starting at `src`, byte by byte (for the rare
-/// descriptor that straddles two regions).
-///
-/// # Safety
-///
-/// `src..src + dst.len()` is mapped guest memory that stays mapped during the call.
-pub unsafe fn read_guest_bytes(src: *const u8, dst: &mut [u8]) {
-    for (i, b) in dst.iter_mut().enumerate() {
-        // SAFETY: i < dst.len(), inside the range the caller vouches for.
-        *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+        let bytes = self
+            .desc
+            .read_volatile_16(DESCRIPTOR_SIZE * usize::from(index))?;
+        Some(Descriptor::from_le_bytes(bytes))
     }
 }
 
@@ -232,5 +193,61 @@ impl Descriptor {
             flags: u16::from_le_bytes([b[12], b[13]]),
             next: u16::from_le_bytes([b[14], b[15]]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{test_memfd, MappedRegion, RegionSpec};
+    use crate::vring::{translate, RingAddrs};
+    use std::sync::Arc;
+
+    #[test]
+    fn reads_and_writes_the_fields_where_the_spec_puts_them() {
+        let file = test_memfd(0x4000);
+        let spec = RegionSpec {
+            guest_phys_addr: 0,
+            size: 0x4000,
+            user_addr: 0x1000_0000,
+            mmap_offset: 0,
+        };
+        let mem = GuestMemoryMap::new(vec![Arc::new(MappedRegion::map(spec, &file).unwrap())], 8)
+            .unwrap();
+        let addrs = RingAddrs {
+            desc: 0x1000_0000,
+            avail: 0x1000_1000,
+            used: 0x1000_2000,
+        };
+        let t = translate(&mem, 8, addrs, true).unwrap();
+        let ring = SplitRing::new(&mem, &t).unwrap();
+        let avail = mem.slice(&t.avail).unwrap();
+        avail.write(2, &5u16.to_le_bytes()).unwrap();
+        avail.write(4 + 2 * 3, &7u16.to_le_bytes()).unwrap();
+        avail.write(4 + 2 * 8, &9u16.to_le_bytes()).unwrap();
+        assert_eq!(ring.avail_idx(), 5);
+        assert_eq!(ring.avail_entry(11), 7, "slot 11 % 8 = 3");
+        assert_eq!(ring.used_event(), 9);
+        ring.write_used(9, 6, 1500);
+        ring.publish_used(10);
+        ring.set_avail_event(4);
+        let used = mem.slice(&t.used).unwrap();
+        assert_eq!(used.read_array::<2>(2), Some(10u16.to_le_bytes()));
+        assert_eq!(used.read_array::<4>(4 + 8), Some(6u32.to_le_bytes()));
+        assert_eq!(used.read_array::<4>(4 + 8 + 4), Some(1500u32.to_le_bytes()));
+        assert_eq!(used.read_array::<2>(4 + 8 * 8), Some(4u16.to_le_bytes()));
+        let desc = mem.slice(&t.desc).unwrap();
+        desc.write(16 * 2, &[1, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 3, 0, 5, 0])
+            .unwrap();
+        assert_eq!(
+            ring.descriptor(2),
+            Some(Descriptor {
+                addr: 1,
+                len: 64,
+                flags: 3,
+                next: 5
+            })
+        );
+        assert_eq!(ring.descriptor(8), None);
     }
 }
