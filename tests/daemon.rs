@@ -185,14 +185,24 @@ fn client_mode_connects_and_reconnects_with_backoff() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let listener = UnixListener::bind(&path).unwrap();
-    // Each accept proves a (re)connection: the switch comes back after every drop.
+    // Each accept proves a (re)connection: the switch comes back after every drop. The
+    // last front-end stays open: while it is, the switch has no reason to connect a 4th
+    // time, so the count below is exactly the connections accepted here.
+    let mut last = None;
     for _ in 0..3 {
+        drop(last.take());
         let (stream, _) = accept_within(&listener, TIMEOUT);
         let mut fe = bench::Frontend::from_stream(stream).unwrap();
         fe.set_timeout(TIMEOUT);
         negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+        last = Some(fe);
     }
+    d.wait_log_count("front-end connected", 3);
     assert_eq!(d.log().matches("front-end connected").count(), 3);
+    let port = &d.ctl("stats")["ports"][0];
+    assert_eq!(port["control"]["connections"], 3, "{port}");
+    assert_eq!(port["connected"], true, "{port}");
+    drop(last);
     // The client socket is the front-end's: the switch never removes it.
     let (code, _, _) = d.stop();
     assert_eq!(code, Some(0));

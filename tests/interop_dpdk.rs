@@ -209,8 +209,9 @@ fn parse_accumulated(out: &str) -> TestpmdTotals {
 
 /// One testpmd with two virtio_user ports in io forwarding as a closed loop
 /// (`start tx_first 64`), its lcores on CPU 0 so that the switch's PMD has CPU 1.
-/// testpmd's stdout is a file, hence fully buffered: readiness is read from the switch's
-/// log (both ports' rings enabled), and the output is parsed once testpmd has exited.
+/// Readiness is read from the switch's log (both ports' rings enabled); testpmd's stdout
+/// is a file made line-buffered (`stdbuf -oL`) so that the statistics `stop` prints can be
+/// read before `quit` (see [`wait_stop_statistics`]).
 fn testpmd_loop(d: &Daemon, vdev_extra: &str, seconds: u64) -> String {
     testpmd_loop_with(d, NO_HUGE, vdev_extra, seconds, "tp-loop")
 }
@@ -230,7 +231,10 @@ fn testpmd_loop_with(
     use std::io::Write as _;
     let out_path = d.dir.join(format!("{tag}.out"));
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new("dpdk-testpmd")
+    // What the switch took before this testpmd (a previous one may have sent some).
+    let taken_before = switch_taken(d);
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "dpdk-testpmd"])
         .args(["--lcores", "0@0,1@0", "--no-pci"])
         .args(eal_mem)
         .args(["--no-shconf", "--file-prefix"])
@@ -251,13 +255,27 @@ fn testpmd_loop_with(
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .expect("start dpdk-testpmd");
+        .expect("start dpdk-testpmd under stdbuf (coreutils)");
     let mut stdin = child.stdin.take().unwrap();
     wait_rings(d, "p0");
     wait_rings(d, "p1");
     writeln!(stdin, "start tx_first 64").unwrap();
     std::thread::sleep(Duration::from_secs(seconds));
     writeln!(stdin, "stop").unwrap();
+    // testpmd counts a packet as sent once it is in a virtio TX ring; the switch takes it
+    // when its PMD next polls that ring. `quit` stops the rings (GET_VRING_BASE), and
+    // whatever is still in them then is rightly left untaken (the index the switch
+    // returns says so). So before `quit`, wait until the switch has taken everything
+    // `stop` says was sent: the conservation check stays exact.
+    let sent = parse_accumulated(&wait_stop_statistics(&mut child, &out_path)).tx;
+    if let Err(taken) = wait_switch_took(d, taken_before + sent) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "testpmd sent {sent} but the switch took {} and no more while its rings ran",
+            taken - taken_before
+        );
+    }
     writeln!(stdin, "quit").unwrap();
     drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -280,7 +298,57 @@ fn testpmd_loop_with(
     text
 }
 
+/// Packets the switch has taken from guest TX rings, all ports.
+fn switch_taken(d: &Daemon) -> u64 {
+    d.ctl("stats")["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rx_packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Waits until testpmd has printed the statistics of `stop` (its forwarding lcores have
+/// finished: nothing more is sent) and returns its output so far.
+fn wait_stop_statistics(child: &mut Child, out_path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(out_path).unwrap_or_default();
+        let done = text
+            .split("Accumulated forward statistics")
+            .nth(1)
+            .is_some_and(|rest| rest.contains("Done."));
+        if done {
+            return text;
+        }
+        let exited = child.try_wait().unwrap().is_some();
+        if exited || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("testpmd printed no statistics after stop:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the switch has taken `total` packets in all; `Err(taken)` if it
+/// stays short. The PMD polls without end, so short means lost, not late.
+fn wait_switch_took(d: &Daemon, total: u64) -> Result<(), u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let taken = switch_taken(d);
+        if taken >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(taken);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Checks conservation between testpmd's counts and the switch's, returns packets moved.
+/// testpmd must have quit only once the switch had taken all it sent (`testpmd_loop_with`).
 fn check_conservation(d: &Daemon, tp: &TestpmdTotals) -> u64 {
     let stats = d.ctl("stats");
     let ports = stats["ports"].as_array().unwrap();
@@ -469,7 +537,7 @@ fn dpdk_restarted_mid_traffic_reconnects_and_forwards() {
     first.wait().unwrap();
     d.wait_log("front-end disconnected port=p0");
     d.wait_log("front-end disconnected port=p1");
-    let after_kill = d.ctl("stats");
+    let after_kill = switch_taken(&d);
     // A second testpmd on the same sockets: the ports accept it and forward again.
     let out = testpmd_loop_with(&d, NO_HUGE, "", 2, "tp-second");
     let tp = parse_accumulated(&out);
@@ -478,18 +546,7 @@ fn dpdk_restarted_mid_traffic_reconnects_and_forwards() {
         let g = |k: &str| p[k].as_u64().unwrap();
         assert_eq!(g("rx_packets"), g("rx_forwarded") + g("rx_dropped"), "{p}");
     }
-    let taken_second: u64 = d.ctl("stats")["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["rx_packets"].as_u64().unwrap())
-        .sum::<u64>()
-        - after_kill["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["rx_packets"].as_u64().unwrap())
-            .sum::<u64>();
+    let taken_second = switch_taken(&d) - after_kill;
     assert_eq!(
         taken_second, tp.tx,
         "the second testpmd's TX must equal what the switch took after the restart"
