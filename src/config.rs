@@ -462,16 +462,13 @@ impl Config {
                 self.max_fds_per_message
             )));
         }
+        if self.max_fds_per_connection < self.max_fds_per_message {
+            return Err(invalid(format!(
+                "max_fds_per_connection {} is smaller than max_fds_per_message {}",
+                self.max_fds_per_connection, self.max_fds_per_message
+            )));
+        }
         for p in &self.ports {
-            // Three per ring (kick, call, err), the back-end request channel, and one
-            // message in flight.
-            let needed = 6 * usize::from(p.queue_pairs) + 1 + self.max_fds_per_message;
-            if self.max_fds_per_connection < needed {
-                return Err(invalid(format!(
-                    "max_fds_per_connection {} is too small for port '{}' ({} queue pairs need {needed})",
-                    self.max_fds_per_connection, p.name, p.queue_pairs
-                )));
-            }
             if p.max_learned_macs == 0 {
                 return Err(invalid(format!(
                     "port '{}': max_learned_macs must be at least 1",

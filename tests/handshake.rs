@@ -123,7 +123,7 @@ fn r11_forty_fds_on_one_message_close_the_connection_and_leak_nothing() {
     assert_closed(&mut fe);
     drop(fe);
     d.wait_fds(base);
-    assert!(d.log().contains("file descriptors attached to one message; the limit is 8"));
+    d.wait_log("file descriptors attached to one message; the limit is 8");
 }
 
 #[test]

@@ -484,3 +484,51 @@ fn pmd_loop(shared: &Shared, me: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_port_dataplane() -> Dataplane {
+        Dataplane::start(DataplaneConfig {
+            ports: vec![PortInfo {
+                name: "p0".into(),
+                queue_pairs: 1,
+                static_macs: Vec::new(),
+                allowed_sources: Vec::new(),
+                max_learned: 16,
+            }],
+            mode: Mode::Learning,
+            pmd_cores: vec![0],
+            fdb_aging_secs: 300,
+            max_frame: crate::forward::DEFAULT_MAX_FRAME,
+            quiesce_timeout: DEFAULT_QUIESCE_TIMEOUT,
+        })
+        .unwrap()
+    }
+
+    fn snapshot() -> Arc<PortSnapshot> {
+        Arc::new(PortSnapshot {
+            features: 0,
+            rings: vec![None, None],
+        })
+    }
+
+    #[test]
+    fn a_replaced_snapshot_lives_until_quiesce_releases_it() {
+        let dp = one_port_dataplane();
+        let first = snapshot();
+        let watch = Arc::downgrade(&first);
+        dp.publish(0, Some(first));
+        dp.quiesce().unwrap();
+        dp.publish(0, Some(snapshot()));
+        // Whatever the PMD has done meanwhile, the retired list still holds it ...
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(watch.upgrade().is_some());
+        // ... until quiesce, which drops it here, after every PMD let go.
+        dp.quiesce().unwrap();
+        assert!(watch.upgrade().is_none());
+        dp.publish(0, None);
+        dp.quiesce().unwrap();
+    }
+}

@@ -251,3 +251,63 @@ fn visit(
     }
     push_range(mem, desc.addr, desc.len, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{test_memfd, MappedRegion, RegionSpec};
+    use crate::vring::{translate, RingAddrs};
+    use std::sync::Arc;
+
+    /// A chain of `count` descriptors, each covering `buf_len` bytes at `buf_gpa`.
+    fn chain_of(count: u16, buf_gpa: u64, buf_len: u32) -> (GuestMemoryMap, RingAddrs) {
+        let size = buf_gpa + u64::from(buf_len);
+        let file = test_memfd(size);
+        let spec = RegionSpec {
+            guest_phys_addr: 0,
+            size,
+            user_addr: 0,
+            mmap_offset: 0,
+        };
+        let mem = GuestMemoryMap::new(vec![Arc::new(MappedRegion::map(spec, &file).unwrap())], 8)
+            .unwrap();
+        let desc = mem
+            .slice(&mem.translate_gpa(0, 16 * u64::from(count)).unwrap())
+            .unwrap();
+        for i in 0..count {
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&buf_gpa.to_le_bytes());
+            d[8..12].copy_from_slice(&buf_len.to_le_bytes());
+            let flags = if i + 1 < count { DESC_F_NEXT } else { 0 };
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&(i + 1).to_le_bytes());
+            desc.write(16 * usize::from(i), &d).unwrap();
+        }
+        let addrs = RingAddrs {
+            desc: 0,
+            avail: 16 * u64::from(count),
+            used: 16 * u64::from(count) + 4096,
+        };
+        (mem, addrs)
+    }
+
+    #[test]
+    fn a_chain_of_more_than_4_gib_is_refused() {
+        // 257 descriptors of 16 MiB each, all over the same buffer: 4 GiB + 16 MiB.
+        let (mem, addrs) = chain_of(512, 1 << 20, 16 << 20);
+        let t = translate(&mem, 512, addrs, false).unwrap();
+        let ring = SplitRing::new(&mem, &t).unwrap();
+        let mut out = Segments::with_capacity(1024);
+        assert_eq!(
+            walk(&ring, &mem, 0, Direction::Readable, false, &mut out),
+            Err(ChainError::TooManyBytes)
+        );
+        // 256 of them (exactly 4 GiB) are within the spec's limit.
+        let mut out = Segments::with_capacity(256);
+        assert_eq!(
+            walk(&ring, &mem, 256, Direction::Readable, false, &mut out),
+            Ok(())
+        );
+        assert_eq!(out.total_len(), MAX_CHAIN_BYTES);
+    }
+}
