@@ -75,6 +75,8 @@ pub struct Config {
     pub max_fds_per_connection: usize,
     /// Seconds a configuration change waits for every PMD before the switch exits.
     pub quiesce_timeout_secs: u64,
+    /// Refuse guest memory a front-end can still shrink (only sealed memfds accepted).
+    pub require_sealed_memory: bool,
 }
 
 /// A configuration that cannot run.
@@ -120,6 +122,7 @@ struct FileConfig {
     max_fds_per_connection: Option<usize>,
     max_learned_macs: Option<u32>,
     quiesce_timeout_secs: Option<u64>,
+    require_sealed_memory: Option<bool>,
     #[serde(default, rename = "port")]
     ports: Vec<FilePort>,
 }
@@ -375,6 +378,7 @@ impl Config {
             quiesce_timeout_secs: file
                 .quiesce_timeout_secs
                 .unwrap_or(pmd::dataplane::DEFAULT_QUIESCE_TIMEOUT.as_secs()),
+            require_sealed_memory: file.require_sealed_memory.unwrap_or(false),
         };
         config.validate(cpus)?;
         Ok(config)

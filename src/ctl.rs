@@ -140,6 +140,7 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
                 "control": {
                     "connections": c.connections, "requests": c.requests, "rejected": c.rejected,
                     "nacked": c.nacked, "framing_errors": c.framing_errors,
+                    "memory_faults": c.memory_faults,
                 },
             })
         })

@@ -207,6 +207,7 @@ fn run(args: RunArgs) -> Result<()> {
                 max_memory: config.max_guest_memory_mb << 20,
                 max_fds_per_message: config.max_fds_per_message,
                 max_fds_per_connection: config.max_fds_per_connection,
+                require_sealed_memory: config.require_sealed_memory,
             },
             Some((dataplane.clone(), index)),
         ) {

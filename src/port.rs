@@ -144,6 +144,9 @@ impl Port {
     /// Ends the session: rings stop, memory is unmapped, descriptors close; counters stay.
     pub fn detach(&mut self, why: &SessionEnd) {
         if self.session.take().is_some() {
+            if matches!(why, SessionEnd::MemoryFault(_)) {
+                self.counters.memory_faults += 1;
+            }
             match why {
                 SessionEnd::PeerClosed => {
                     tracing::info!(port = %self.config.name, "front-end disconnected")

@@ -83,7 +83,12 @@ fn p0_recovers(d: &Daemon, b: &mut Vm<'_>, seq: &mut u64) {
 /// A memfd of `len` bytes (sparse: nothing is allocated until written).
 fn sparse_memfd(len: u64) -> OwnedFd {
     // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"tenant-test".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe {
+        libc::memfd_create(
+            c"tenant-test".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     assert!(fd >= 0, "memfd_create failed");
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -167,6 +172,9 @@ fn memory_shrunk_under_the_switch_fails_only_that_port() {
         seq += 32;
         d.wait_log("guest memory shrank under its mapping");
         assert!(d.alive(), "SIGBUS killed the switch:\n{}", d.log());
+        let p0 = port_stats(&d, "p0");
+        assert_eq!(p0["control"]["memory_faults"], 1, "{p0}");
+        assert_eq!(p0["connected"], false, "{p0}");
         let Vm { fe, drv, .. } = a;
         std::mem::forget(drv);
         let mut fe = fe;
@@ -354,4 +362,34 @@ fn frames_longer_than_the_limit_are_dropped_as_too_long() {
     seq += 24;
     bystanders_forward(&mut b, &mut c, &mut seq);
     assert_conservation(&d);
+}
+
+#[test]
+fn require_sealed_memory_refuses_memory_the_front_end_could_shrink() {
+    let dir = temp_dir("sealed");
+    let config = dir.join("switch.toml");
+    std::fs::write(&config, "require_sealed_memory = true\n").unwrap();
+    let mut d = Daemon::start(&["p0"], &["--config", config.to_str().unwrap()]);
+    let base = Baseline::take(&d);
+    let region = VhostUserMemoryRegion::new(0, 1 << 20, 0x7f00_0000_0000, 0);
+    {
+        let unsealed = sparse_memfd(1 << 20);
+        let mut fe = d.connect("p0");
+        negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+        assert_nack(fe.set_mem_table(&[(region, unsealed.as_raw_fd())], true));
+        d.wait_log("is not a memfd sealed against shrinking");
+        // The same memory sealed the way QEMU's memory-backend-memfd seals it.
+        // SAFETY: F_ADD_SEALS on our own memfd, created with MFD_ALLOW_SEALING.
+        let rc = unsafe {
+            libc::fcntl(
+                unsealed.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        assert_eq!(rc, 0);
+        fe.set_mem_table(&[(region, unsealed.as_raw_fd())], true)
+            .unwrap();
+    }
+    base.check(&mut d);
 }

@@ -69,6 +69,10 @@ pub struct Limits {
     /// Descriptors the switch holds for one connection at once (ring eventfds, the
     /// back-end channel, a message in flight); beyond it the connection is closed.
     pub max_fds_per_connection: usize,
+    /// Refuse memory the front-end can still shrink (anything but a memfd sealed with
+    /// F_SEAL_SHRINK). Off by default: DPDK's memfds and hugetlbfs files are unsealed, and
+    /// the SIGBUS fence contains a shrink anyway.
+    pub require_sealed_memory: bool,
 }
 
 impl Default for Limits {
@@ -78,6 +82,7 @@ impl Default for Limits {
             max_memory: 64 << 30,
             max_fds_per_message: 8,
             max_fds_per_connection: 128,
+            require_sealed_memory: false,
         }
     }
 }

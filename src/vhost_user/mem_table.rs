@@ -58,6 +58,13 @@ impl NetDevice {
         plans: Vec<RegionPlan>,
         files: &[std::fs::File],
     ) -> Result<Vec<Arc<MappedRegion>>, Violation> {
+        if self.cfg.limits.require_sealed_memory {
+            if let Some(plan) = plans.iter().find(|p| !p.sealed) {
+                return Err(Violation::UnsealedMemory {
+                    gpa: plan.spec.guest_phys_addr,
+                });
+            }
+        }
         let mut regions = Vec::with_capacity(plans.len());
         for (plan, file) in plans.into_iter().zip(files) {
             let region = MappedRegion::map_planned(plan, file)?;

@@ -32,6 +32,8 @@ pub struct SessionCounters {
     pub nacked: u64,
     /// Connections closed because the framing broke.
     pub framing_errors: u64,
+    /// Connections failed because the front-end shrank its memory under the switch.
+    pub memory_faults: u64,
 }
 
 /// Why a session ended.

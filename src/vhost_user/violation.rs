@@ -167,6 +167,15 @@ pub enum Violation {
         /// What it is instead.
         found: String,
     },
+    /// R11: memory the front-end could shrink under the mapping, on a switch that
+    /// requires sealed memory.
+    #[error(
+        "region at gpa {gpa:#x} is not a memfd sealed against shrinking (require_sealed_memory)"
+    )]
+    UnsealedMemory {
+        /// The region's guest physical address.
+        gpa: u64,
+    },
     /// R11: the connection would make the switch hold more descriptors than allowed.
     #[error(
         "{held} descriptors held and {incoming} more sent exceed this port's limit of {limit}"
@@ -202,7 +211,7 @@ impl Violation {
             | RingLosesMemory { .. }
             | MemoryLimit { .. } => "R8 memory table",
             Config(_) => "R9 config space",
-            NotAnEventfd { .. } | FdLimit { .. } => "R11 tenant bounds",
+            NotAnEventfd { .. } | FdLimit { .. } | UnsealedMemory { .. } => "R11 tenant bounds",
         }
     }
 }

@@ -262,6 +262,8 @@ impl Drop for Daemon {
         }
         if std::thread::panicking() {
             eprintln!("daemon log kept in {}:\n{}", self.dir.display(), self.log());
+        } else if std::env::var_os("VHOST_SWITCH_KEEP_LOGS").is_some() {
+            eprintln!("daemon log kept in {}", self.dir.display());
         } else if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
