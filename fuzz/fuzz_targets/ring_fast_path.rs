@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     let stats: Vec<Vec<QueueStats>> = (0..2).map(|_| (0..2).map(|_| QueueStats::default()).collect()).collect();
     let switch = Switch::new(Mode::Xconnect, 2, 300);
     let mut scratch = Scratch::default();
-    let ctx = Context { ports: &ports, switch: &switch, stats: &stats, now: 0 };
+    let ctx = Context { ports: &ports, switch: &switch, stats: &stats, now: 0, max_frame: pmd::forward::DEFAULT_MAX_FRAME };
     let tx = ports[0].as_ref().unwrap().rings[1].as_ref().unwrap();
     for _ in 0..rounds {
         poll_tx(&mut scratch, &ctx, 0, tx);

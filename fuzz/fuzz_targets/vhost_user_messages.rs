@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vhost_switch::vhost_user::device::DeviceConfig;
+use vhost_switch::vhost_user::device::{DeviceConfig, Limits};
 use vhost_switch::vhost_user::session::{Session, SessionCounters};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -39,8 +39,7 @@ fuzz_target!(|data: &[u8]| {
         port: "fuzz".into(),
         mac: [2, 0, 0, 0, 0, 1],
         queue_pairs: 1,
-        max_mem_slots: 8,
-        max_memory: 64 << 20,
+        limits: Limits { max_mem_slots: 8, max_memory: 64 << 20, ..Limits::default() },
         dataplane: None,
     };
     let mut session = Session::new(be, cfg).unwrap();

@@ -142,11 +142,11 @@ fn bench_burst(c: &mut Criterion) {
         // Cycles per packet from the time-stamp counter, for docs/performance.md.
         let rounds = 200_000u64;
         let start = Instant::now();
-        let t0 = tsc();
+        let t0 = pmd::cpu::cycles();
         for _ in 0..rounds {
             burst();
         }
-        let cycles = tsc() - t0;
+        let cycles = pmd::cpu::cycles() - t0;
         let elapsed = start.elapsed();
         let packets = rounds * u64::from(BURST);
         println!(
@@ -164,18 +164,6 @@ fn bench_burst(c: &mut Criterion) {
         );
     }
     group.finish();
-}
-
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no preconditions on x86-64.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        0
-    }
 }
 
 criterion_group! {
