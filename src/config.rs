@@ -182,7 +182,7 @@ pub const DEFAULT_MAX_FDS_PER_MESSAGE: usize = 8;
 /// File descriptors one connection may make the switch hold by default.
 pub const DEFAULT_MAX_FDS_PER_CONNECTION: usize = 128;
 /// MACs the FDB learns per port by default (the table has 4096 slots).
-pub const DEFAULT_MAX_LEARNED_MACS: u32 = 256;
+pub const DEFAULT_MAX_LEARNED_MACS: u32 = pmd::switch::DEFAULT_MAX_LEARNED;
 const MAX_QUEUE_PAIRS: u16 = 64;
 
 /// Parses `NAME=PATH`.

@@ -97,7 +97,8 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
     let ports_json: Vec<Value> = ports
         .iter()
         .zip(&totals)
-        .map(|(port, t)| {
+        .enumerate()
+        .map(|(index, (port, t))| {
             let rings: Vec<Value> = t
                 .rings
                 .iter()
@@ -131,12 +132,14 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
             let (rx_p, rx_b, rx_d, fwd) = side(true);
             let (tx_p, tx_b, tx_d, _) = side(false);
             let c = &port.counters;
+            let (learned, learn_refused) = dataplane.fdb_port_counts(index);
             json!({
                 "name": port.config.name,
                 "connected": port.session.is_some(),
                 "rx_packets": rx_p, "rx_bytes": rx_b, "rx_forwarded": fwd, "rx_dropped": rx_d,
                 "tx_packets": tx_p, "tx_bytes": tx_b, "tx_dropped": tx_d,
                 "rings": rings,
+                "fdb": { "learned": learned, "learn_refused": learn_refused },
                 "control": {
                     "connections": c.connections, "requests": c.requests, "rejected": c.rejected,
                     "nacked": c.nacked, "framing_errors": c.framing_errors,

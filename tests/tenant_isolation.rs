@@ -231,10 +231,8 @@ fn ring_descriptors_must_be_eventfds_and_a_full_one_blocks_nothing() {
         let full = eventfd(0);
         let max = (u64::MAX - 1).to_ne_bytes();
         // SAFETY: writing 8 bytes from a live buffer to our own eventfd.
-        assert_eq!(
-            unsafe { libc::write(full.as_raw_fd(), max.as_ptr().cast(), 8) },
-            8
-        );
+        let written = unsafe { libc::write(full.as_raw_fd(), max.as_ptr().cast(), 8) };
+        assert_eq!(written, 8);
         assert!(!is_nonblocking(full.as_raw_fd()));
         a.fe.set_vring_call(0, Some(full.as_raw_fd()), true)
             .unwrap();
@@ -336,7 +334,7 @@ fn a_connection_holds_no_more_descriptors_than_its_limit() {
 
 #[test]
 fn frames_longer_than_the_limit_are_dropped_as_too_long() {
-    let mut d = Daemon::start(
+    let d = Daemon::start(
         &["p0", "p1", "p2"],
         &["--mode", "learning", "--max-frame-len", "1000"],
     );
@@ -392,4 +390,147 @@ fn require_sealed_memory_refuses_memory_the_front_end_could_shrink() {
             .unwrap();
     }
     base.check(&mut d);
+}
+
+/// The FDB entries of `port`, as `ctl fdb` lists them: (mac, static).
+fn fdb_of(d: &Daemon, port: &str) -> Vec<(String, bool)> {
+    d.ctl("fdb")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["port"] == port)
+        .map(|e| {
+            (
+                e["mac"].as_str().unwrap().to_string(),
+                e["static"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn one_port_cannot_fill_the_fdb() {
+    let mut d = Daemon::start(
+        &["p0", "p1", "p2"],
+        &["--mode", "learning", "--max-learned-macs", "16"],
+    );
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
+    let mut seq = 0;
+    bystanders_forward(&mut b, &mut c, &mut seq);
+    let base = Baseline::take(&d);
+    {
+        let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+        // 1000 frames, each from a different source MAC, to p1.
+        let frames: Vec<Vec<u8>> = (0..1000u32)
+            .map(|i| make_frame(128, b.mac, local_mac(1000 + i), seq + u64::from(i)))
+            .collect();
+        a.send_all(&frames);
+        a.wait_tx_done();
+        seq += 1000;
+        assert_eq!(fdb_of(&d, "p0").len(), 16, "p0 holds its share only");
+        let p0 = port_stats(&d, "p0");
+        assert_eq!(p0["fdb"]["learned"], 16, "{p0}");
+        assert_eq!(p0["fdb"]["learn_refused"], 1000 - 16, "{p0}");
+        // The other ports still learn and get unicast, not floods.
+        bystanders_forward(&mut b, &mut c, &mut seq);
+        assert_eq!(fdb_of(&d, "p1").len(), 1);
+        assert_eq!(fdb_of(&d, "p2").len(), 1);
+    }
+    base.check(&mut d);
+    p0_recovers(&d, &mut b, &mut seq);
+    assert_conservation(&d);
+}
+
+/// A config file for p0..p2 with extra per-port lines.
+fn config_with(tag: &str, p0: &str, p1: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    let path = dir.join("switch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "mode = \"learning\"\n[[port]]\nname = \"p0\"\nsocket = \"/unused/p0\"\n{p0}\n[[port]]\nname = \"p1\"\nsocket = \"/unused/p1\"\n{p1}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_configured_mac_belongs_to_its_port() {
+    let victim = local_mac(2);
+    let config = config_with("ownmac", "", &format!("mac = \"{}\"", mac_text(victim)));
+    let mut d = Daemon::start(&["p0", "p1", "p2"], &["--config", config.to_str().unwrap()]);
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, victim);
+    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
+    let mut seq = 0;
+    let base = Baseline::take(&d);
+    {
+        let mut thief = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+        // p0 sends with p1's configured MAC as its source ...
+        let stolen: Vec<Vec<u8>> = (0..32)
+            .map(|i| make_frame(128, c.mac, victim, seq + i))
+            .collect();
+        thief.send_all(&stolen);
+        thief.wait_tx_done();
+        seq += 32;
+        assert_eq!(fdb_of(&d, "p1"), vec![(mac_text(victim), true)]);
+        // ... and traffic to that MAC still goes to p1, never to p0.
+        drain(&mut b);
+        drain(&mut c);
+        exchange(&mut c, &mut b, 64, 256, seq);
+        seq += 64;
+        assert!(thief.recv_n(1, Duration::from_millis(200)).is_empty());
+        bystanders_forward(&mut b, &mut c, &mut seq);
+    }
+    base.check(&mut d);
+    p0_recovers(&d, &mut b, &mut seq);
+}
+
+#[test]
+fn port_security_drops_spoofed_sources() {
+    let own = local_mac(1);
+    let config = config_with(
+        "spoof",
+        &format!("allowed_macs = [\"{}\"]", mac_text(own)),
+        "",
+    );
+    let mut d = Daemon::start(&["p0", "p1", "p2"], &["--config", config.to_str().unwrap()]);
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
+    let mut seq = 0;
+    let base = Baseline::take(&d);
+    {
+        let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, own);
+        let spoofed: Vec<Vec<u8>> = (0..40)
+            .map(|i| make_frame(128, b.mac, local_mac(77), seq + i))
+            .collect();
+        a.send_all(&spoofed);
+        a.wait_tx_done();
+        seq += 40;
+        assert_eq!(drops(&d, "p0", 1, "spoofed"), 40);
+        assert!(
+            fdb_of(&d, "p0").is_empty(),
+            "nothing learned from spoofed frames"
+        );
+        drain(&mut b);
+        assert!(b.recv_n(1, Duration::from_millis(200)).is_empty());
+        // Its own MAC passes.
+        exchange(&mut a, &mut b, 32, 128, seq);
+        seq += 32;
+        bystanders_forward(&mut b, &mut c, &mut seq);
+    }
+    base.check(&mut d);
+    p0_recovers(&d, &mut b, &mut seq);
+    assert_conservation(&d);
 }

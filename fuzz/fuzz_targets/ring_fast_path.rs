@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         Some(Arc::new(PortSnapshot { features, rings: vec![Some(ring(&b, 0)), None] })),
     ];
     let stats: Vec<Vec<QueueStats>> = (0..2).map(|_| (0..2).map(|_| QueueStats::default()).collect()).collect();
-    let switch = Switch::new(Mode::Xconnect, 2, 300);
+    let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());
     let mut scratch = Scratch::default();
     let ctx = Context { ports: &ports, switch: &switch, stats: &stats, now: 0, max_frame: pmd::forward::DEFAULT_MAX_FRAME };
     let tx = ports[0].as_ref().unwrap().rings[1].as_ref().unwrap();

@@ -117,7 +117,7 @@ fn bench_burst(c: &mut Criterion) {
         let stats: Vec<Vec<QueueStats>> = (0..2)
             .map(|_| (0..2).map(|_| QueueStats::default()).collect())
             .collect();
-        let switch = Switch::new(Mode::Xconnect, 2, 300);
+        let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());
         let mut scratch = Scratch::default();
         let ctx = Context {
             ports: &ports,

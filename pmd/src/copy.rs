@@ -83,6 +83,40 @@ pub fn read(mem: &GuestMemoryMap, segs: &[GuestRange], offset: u64, out: &mut [u
     done == out.len()
 }
 
+/// Reads `N` bytes of chain `segs` from `offset`: one fixed-size copy when the first
+/// segment holds them (headers, nearly always), else piecewise. `None` if the chain is
+/// shorter.
+#[inline]
+pub fn read_array<const N: usize>(
+    mem: &GuestMemoryMap,
+    segs: &[GuestRange],
+    offset: u64,
+) -> Option<[u8; N]> {
+    if let Some(first) = segs.first() {
+        if offset + N as u64 <= u64::from(first.len()) {
+            return mem.slice(first)?.read_array::<N>(offset as usize);
+        }
+    }
+    let mut out = [0u8; N];
+    read(mem, segs, offset, &mut out).then_some(out)
+}
+
+/// Writes `data` at the start of chain `segs`: one fixed-size copy when the first segment
+/// holds it, else piecewise. False if the chain is shorter.
+#[inline]
+pub fn write_array<const N: usize>(
+    mem: &GuestMemoryMap,
+    segs: &[GuestRange],
+    data: &[u8; N],
+) -> bool {
+    if let Some(first) = segs.first() {
+        if N as u64 <= u64::from(first.len()) {
+            return mem.slice(first).and_then(|v| v.write(0, data)).is_some();
+        }
+    }
+    write(mem, segs, 0, data)
+}
+
 /// Writes `data` into chain `segs` from `offset`. False if the chain is shorter.
 #[inline]
 pub fn write(mem: &GuestMemoryMap, segs: &[GuestRange], offset: u64, data: &[u8]) -> bool {

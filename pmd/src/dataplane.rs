@@ -22,7 +22,7 @@ use crate::cpu::{cycles, pin_current_thread};
 use crate::forward::{self, Context, Scratch};
 use crate::snapshot::PortSnapshot;
 use crate::stats::{QueueStats, QueueTotals};
-use crate::switch::{FdbEntry, Mode, Switch};
+use crate::switch::{FdbEntry, Mode, PortPolicy, Switch};
 
 /// Empty polls after which an idle PMD yields its core once.
 const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
@@ -194,10 +194,20 @@ impl Dataplane {
                 iterations: AtomicU64::new(0),
             })
             .collect();
-        let switch = Switch::new(cfg.mode, cfg.ports.len(), cfg.fdb_aging_secs);
+        let policies = cfg
+            .ports
+            .iter()
+            .map(|p| PortPolicy {
+                max_learned: p.max_learned,
+                allowed_sources: p.allowed_sources.clone(),
+            })
+            .collect();
+        let switch = Switch::new(cfg.mode, cfg.ports.len(), cfg.fdb_aging_secs, policies);
         for (p, port) in cfg.ports.iter().enumerate() {
             for mac in &port.static_macs {
-                switch.add_static(*mac, p);
+                if !switch.add_static(*mac, p) {
+                    tracing::warn!(port = %port.name, ?mac, "no room in the FDB for a static MAC");
+                }
             }
         }
         let shared = Arc::new(Shared {
@@ -324,6 +334,15 @@ impl Dataplane {
     /// Drops expired FDB entries.
     pub fn expire_fdb(&self) {
         self.shared.switch.expire(self.shared.now_secs(), None);
+    }
+
+    /// MACs learned on `port` now, and frames whose source MAC was not learned because
+    /// the port was at its limit.
+    pub fn fdb_port_counts(&self, port: usize) -> (u32, u64) {
+        (
+            self.shared.switch.learned(port),
+            self.shared.switch.learn_refusals(port),
+        )
     }
 
     /// Live FDB entries with port names.

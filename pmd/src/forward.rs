@@ -213,10 +213,9 @@ pub fn poll_tx<'a>(
             }
             Ok(()) => {
                 let total = scratch.src.total_len();
-                let mut eth = [0u8; EthernetHeader::LEN];
-                if total < hdr + EthernetHeader::LEN as u64
-                    || !copy::read(mem, scratch.src.as_slice(), hdr, &mut eth)
-                {
+                let eth =
+                    copy::read_array::<{ EthernetHeader::LEN }>(mem, scratch.src.as_slice(), hdr);
+                if total < hdr + EthernetHeader::LEN as u64 || eth.is_none() {
                     stats.drop(DropReason::Runt);
                 } else if total - hdr > u64::from(ctx.max_frame) {
                     stats.drop(DropReason::TooLong);
@@ -224,7 +223,7 @@ pub fn poll_tx<'a>(
                     stats.drop(DropReason::RingDisabled);
                 } else {
                     let frame_len = total - hdr;
-                    let eth = EthernetHeader::parse(&eth);
+                    let eth = EthernetHeader::parse(&eth.unwrap_or_default());
                     let frame = Frame {
                         memory: mem,
                         header_len: hdr,
@@ -264,7 +263,8 @@ pub fn poll_tx<'a>(
     guard.publish_last_avail();
     drop(guard);
     if let Some(mut h) = held.take() {
-        flush_rx(h.rx, &mut h.guard);
+        flush_used(h.rx, &h.ring, h.guard.cursor());
+        h.guard.publish_last_avail();
     }
     flush_touched(scratch, ctx);
     taken
@@ -296,12 +296,13 @@ fn flush_rx(rx: &RingRuntime, guard: &mut RingGuard<'_>) {
     guard.publish_last_avail();
 }
 
-/// A destination RX ring whose busy flag this burst holds: consecutive frames to the same
-/// guest take it once, not once per frame.
+/// A destination RX ring whose busy flag this burst holds, with its view: consecutive
+/// frames to the same guest take both once, not once per frame.
 struct Held<'a> {
     port: usize,
-    ring: usize,
+    index: usize,
     rx: &'a RingRuntime,
+    ring: SplitRing<'a>,
     guard: RingGuard<'a>,
 }
 
@@ -317,7 +318,7 @@ fn deliver<'a>(
     let port_stats = &ctx.stats[port];
     let ring_index = 2 * (queue % (port_stats.len() / 2).max(1));
     let stats = &port_stats[ring_index];
-    let same = matches!(held, Some(h) if h.port == port && h.ring == ring_index);
+    let same = matches!(held, Some(h) if h.port == port && h.index == ring_index);
     if !same {
         let Some(snap) = ctx.ports[port].as_ref() else {
             // No front-end on that port.
@@ -327,18 +328,23 @@ fn deliver<'a>(
             Some(Some(rx)) if rx.enabled && rx.shared.broken() == 0 => rx,
             _ => return stats.drop(DropReason::RxRingUnavailable),
         };
+        let Some(ring) = rx.ring() else {
+            rx.shared.mark_broken(broken::NO_MEMORY);
+            return stats.drop(DropReason::RxRingUnavailable);
+        };
         // Release the previous ring before taking the next: a PMD holds one at a time,
         // so two PMDs can never wait on each other.
         *held = None;
         *held = Some(Held {
             port,
-            ring: ring_index,
+            index: ring_index,
             rx,
+            ring,
             guard: rx.shared.lock(),
         });
     }
     let Some(h) = held.as_mut() else { return };
-    match fill_rx(scratch, h.rx, &mut h.guard, port, frame) {
+    match fill_rx(scratch, h.rx, &h.ring, &mut h.guard, port, frame) {
         Ok(()) => {
             stats.packets.add(1);
             stats.bytes.add(frame.len);
@@ -346,7 +352,8 @@ fn deliver<'a>(
                 if scratch.touched.len() < scratch.touched.capacity() {
                     scratch.touched.push((port, ring_index));
                 } else {
-                    flush_rx(h.rx, &mut h.guard);
+                    flush_used(h.rx, &h.ring, h.guard.cursor());
+                    h.guard.publish_last_avail();
                 }
             }
         }
@@ -364,14 +371,11 @@ fn deliver<'a>(
 fn fill_rx(
     scratch: &mut Scratch,
     rx: &RingRuntime,
+    raw: &SplitRing<'_>,
     guard: &mut RingGuard<'_>,
     port: usize,
     frame: &Frame<'_>,
 ) -> Result<(), DropReason> {
-    let Some(raw) = rx.ring() else {
-        rx.shared.mark_broken(broken::NO_MEMORY);
-        return Err(DropReason::RxRingUnavailable);
-    };
     let mem = rx.memory();
     let size = raw.size();
     let hdr = u64::from(rx.features.header_len);
@@ -415,7 +419,7 @@ fn fill_rx(
             Err(chain::ChainError::IndexOutOfRange(head))
         } else {
             chain::walk_append(
-                &raw,
+                raw,
                 mem,
                 head,
                 Direction::Writable,
@@ -453,7 +457,14 @@ fn fill_rx(
     // MRG_RXBUF, as §5.1.6.4.1 requires); the legacy form stops before num_buffers.
     let header = VirtioNetHdr::plain(scratch.chains.len() as u16).emit();
     let dst = scratch.dst.as_slice();
-    let copied = copy::write(mem, dst, 0, &header[..hdr as usize])
+    let header_written = if hdr == VirtioNetHdr::LEN as u64 {
+        copy::write_array(mem, dst, &header)
+    } else {
+        let mut legacy = [0u8; VirtioNetHdr::LEGACY_LEN];
+        legacy.copy_from_slice(&header[..VirtioNetHdr::LEGACY_LEN]);
+        copy::write_array(mem, dst, &legacy)
+    };
+    let copied = header_written
         && copy::chain_to_chain(
             frame.memory,
             scratch.src.as_slice(),

@@ -169,13 +169,12 @@ impl<'m> GuestSlice<'m> {
         Some(())
     }
 
-    /// Copies 16 bytes from `offset` with volatile loads (two 64-bit loads when aligned):
-    /// the driver may rewrite a descriptor at any time, so it is read exactly once here
-    /// and validated from the copy.
-    #[inline]
-    pub fn read_volatile_16(&self, offset: usize) -> Option<[u8; 16]> {
+    /// Copies the 16 bytes at `offset` as two little-endian u64 words, with volatile loads
+    /// (two 64-bit loads when aligned): the driver may rewrite a descriptor at any time, so
+    /// it is read exactly once here and validated from the copy.
+    #[inline(always)]
+    pub fn read_volatile_le_u64_pair(&self, offset: usize) -> Option<(u64, u64)> {
         let p = self.at(offset, 16)?;
-        let mut out = [0u8; 16];
         if (p as usize).is_multiple_of(8) {
             // SAFETY: 16 bytes at `p` are inside the view, mapped, and 8-byte aligned.
             let (lo, hi) = unsafe {
@@ -184,15 +183,18 @@ impl<'m> GuestSlice<'m> {
                     std::ptr::read_volatile(p.add(8).cast::<u64>()),
                 )
             };
-            out[..8].copy_from_slice(&lo.to_ne_bytes());
-            out[8..].copy_from_slice(&hi.to_ne_bytes());
-        } else {
-            for (i, b) in out.iter_mut().enumerate() {
-                // SAFETY: i < 16, inside the 16 bytes checked above.
-                *b = unsafe { std::ptr::read_volatile(p.add(i)) };
-            }
+            return Some((u64::from_le(lo), u64::from_le(hi)));
         }
-        Some(out)
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: i < 16, inside the 16 bytes checked above.
+            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+        }
+        let (lo, hi) = out.split_at(8);
+        Some((
+            u64::from_le_bytes(lo.try_into().ok()?),
+            u64::from_le_bytes(hi.try_into().ok()?),
+        ))
     }
 
     /// Asks the CPU to start loading the cache line at `offset` (a hint: nothing is read).
@@ -234,7 +236,7 @@ mod tests {
         assert!(s.subslice(1, 96).is_none());
         assert!(s.subslice(usize::MAX, 2).is_none());
         assert!(s.load_u16(95, Ordering::Relaxed).is_none());
-        assert!(s.read_volatile_16(81).is_none());
+        assert!(s.read_volatile_le_u64_pair(81).is_none());
     }
 
     #[test]
@@ -246,10 +248,16 @@ mod tests {
         assert!(s.store_u16(3, 1, Ordering::Relaxed).is_none(), "unaligned");
         s.store_u32_le(8, 0x0403_0201).unwrap();
         assert!(s.store_u32_le(10, 0).is_none(), "unaligned");
-        s.write(16, &[7u8; 16]).unwrap();
-        assert_eq!(s.read_volatile_16(16), Some([7u8; 16]));
-        s.write(33, &[9u8; 16]).unwrap();
-        assert_eq!(s.read_volatile_16(33), Some([9u8; 16]), "unaligned table");
+        let bytes: Vec<u8> = (1..=16).collect();
+        s.write(16, &bytes).unwrap();
+        let want = (0x0807_0605_0403_0201, 0x100f_0e0d_0c0b_0a09);
+        assert_eq!(s.read_volatile_le_u64_pair(16), Some(want));
+        s.write(33, &bytes).unwrap();
+        assert_eq!(
+            s.read_volatile_le_u64_pair(33),
+            Some(want),
+            "unaligned table"
+        );
         assert_eq!(s.read_array::<4>(8), Some([1, 2, 3, 4]));
     }
 

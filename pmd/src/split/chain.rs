@@ -211,15 +211,17 @@ fn walk_indirect(
             return None;
         }
         let offset = 16 * usize::from(i);
-        let bytes = match &view {
-            Some(v) => v.read_volatile_16(offset)?,
+        match &view {
+            Some(v) => {
+                let (lo, hi) = v.read_volatile_le_u64_pair(offset)?;
+                Some(Descriptor::from_words(lo, hi))
+            }
             None => {
                 let mut bytes = [0u8; 16];
                 mem.read_gpa(table.addr + offset as u64, &mut bytes)?;
-                bytes
+                Some(Descriptor::from_le_bytes(bytes))
             }
-        };
-        Some(Descriptor::from_le_bytes(bytes))
+        }
     };
     let mut desc = read(0).ok_or(ChainError::IndexOutOfRange(0))?;
     let mut seen = 1;

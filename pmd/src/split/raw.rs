@@ -175,14 +175,26 @@ impl<'m> SplitRing<'m> {
         if index >= self.size {
             return None;
         }
-        let bytes = self
+        let (lo, hi) = self
             .desc
-            .read_volatile_16(DESCRIPTOR_SIZE * usize::from(index))?;
-        Some(Descriptor::from_le_bytes(bytes))
+            .read_volatile_le_u64_pair(DESCRIPTOR_SIZE * usize::from(index))?;
+        Some(Descriptor::from_words(lo, hi))
     }
 }
 
 impl Descriptor {
+    /// Decodes the two 64-bit words of the wire layout (read little-endian): `addr`, then
+    /// `len | flags << 32 | next << 48`.
+    #[inline(always)]
+    pub fn from_words(lo: u64, hi: u64) -> Descriptor {
+        Descriptor {
+            addr: lo,
+            len: hi as u32,
+            flags: (hi >> 32) as u16,
+            next: (hi >> 48) as u16,
+        }
+    }
+
     /// Decodes the little-endian wire layout (virtio 1.x).
     pub fn from_le_bytes(b: [u8; 16]) -> Descriptor {
         let mut addr = [0u8; 8];
