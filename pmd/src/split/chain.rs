@@ -56,12 +56,18 @@ pub enum ChainError {
     TooManyBytes,
 }
 
-/// Preallocated space for one chain's segments (no allocation per packet): ranges of the
-/// memory map the chain was walked in.
+/// Preallocated space for chains' segments (no allocation per packet): ranges of the
+/// memory map the chains were walked in. One chain, or many back to back (a burst): each
+/// chain starts with [`Segments::begin_chain`], which bounds its segment count and bytes.
 #[derive(Debug)]
 pub struct Segments {
     segs: Vec<GuestRange>,
-    total: u64,
+    /// Index where the current chain's segments start.
+    chain_start: usize,
+    /// Bytes of the current chain.
+    chain_bytes: u64,
+    /// No segment is pushed at or past this index.
+    limit: usize,
 }
 
 impl Segments {
@@ -69,14 +75,48 @@ impl Segments {
     pub fn with_capacity(capacity: usize) -> Self {
         Segments {
             segs: Vec::with_capacity(capacity),
-            total: 0,
+            chain_start: 0,
+            chain_bytes: 0,
+            limit: capacity,
         }
     }
 
-    /// Forgets the previous chain.
+    /// Forgets every chain.
     pub fn clear(&mut self) {
         self.segs.clear();
-        self.total = 0;
+        self.begin_chain(usize::MAX);
+    }
+
+    /// Starts a new chain after the segments held, of at most `max_segments` segments
+    /// (and whatever room is left).
+    pub fn begin_chain(&mut self, max_segments: usize) {
+        self.chain_start = self.segs.len();
+        self.chain_bytes = 0;
+        self.limit = self
+            .segs
+            .len()
+            .saturating_add(max_segments)
+            .min(self.segs.capacity());
+    }
+
+    /// Drops the segments from index `len` on (a chain that was refused).
+    pub fn truncate(&mut self, len: usize) {
+        self.segs.truncate(len);
+    }
+
+    /// Segments held.
+    pub fn len(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// True when no segment is held.
+    pub fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    /// Segments that still fit.
+    pub fn room(&self) -> usize {
+        self.segs.capacity() - self.segs.len()
     }
 
     /// The segments, in chain order.
@@ -84,17 +124,17 @@ impl Segments {
         &self.segs
     }
 
-    /// Total bytes.
+    /// Bytes of the current chain (since [`Segments::begin_chain`]).
     pub fn total_len(&self) -> u64 {
-        self.total
+        self.chain_bytes
     }
 
     fn push(&mut self, seg: GuestRange) -> Result<(), ChainError> {
-        if self.segs.len() == self.segs.capacity() {
+        if self.segs.len() >= self.limit {
             return Err(ChainError::TooManySegments);
         }
-        self.total += u64::from(seg.len());
-        if self.total > MAX_CHAIN_BYTES {
+        self.chain_bytes += u64::from(seg.len());
+        if self.chain_bytes > MAX_CHAIN_BYTES {
             return Err(ChainError::TooManyBytes);
         }
         self.segs.push(seg);
@@ -131,7 +171,8 @@ fn push_range(
     Ok(())
 }
 
-/// Walks the chain starting at `head` into `out` (cleared first).
+/// Walks the chain starting at `head` into `out` (cleared first: the chain may use all of
+/// its room).
 ///
 /// `indirect_ok`: VIRTIO_RING_F_INDIRECT_DESC was negotiated.
 pub fn walk(

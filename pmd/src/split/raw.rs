@@ -135,7 +135,7 @@ impl<'m> SplitRing<'m> {
 
     /// Publishes `used.idx`, Release: every used entry written before is visible first.
     #[inline]
-    pub fn publish_used(&self, idx: u16) {
+    pub fn store_used_idx(&self, idx: u16) {
         let _ = self.used.store_u16(field::IDX, idx, Ordering::Release);
     }
 
@@ -153,7 +153,7 @@ impl<'m> SplitRing<'m> {
             .store_u16(field::RING + field::USED_ELEM * n, idx, Ordering::Release);
     }
 
-    /// Writes used element `idx % size`; it becomes visible with the next `publish_used`.
+    /// Writes used element `idx % size`; it becomes visible with the next `store_used_idx`.
     #[inline]
     pub fn write_used(&self, idx: u16, id: u16, len: u32) {
         let slot = usize::from(idx & (self.size - 1));
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(ring.avail_entry(11), 7, "slot 11 % 8 = 3");
         assert_eq!(ring.used_event(), 9);
         ring.write_used(9, 6, 1500);
-        ring.publish_used(10);
+        ring.store_used_idx(10);
         ring.set_avail_event(4);
         let used = mem.slice(&t.used).unwrap();
         assert_eq!(used.read_array::<2>(2), Some(10u16.to_le_bytes()));
