@@ -9,10 +9,10 @@ mod common;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use bench::driver::frame::local_mac;
 use common::guest::*;
 use common::*;
 use vhost::vhost_user::message::{FrontendReq, VhostUserMemoryRegion};
+use vhost_kit::driver::frame::local_mac;
 
 /// Resident memory of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {
@@ -231,10 +231,8 @@ fn ring_descriptors_must_be_eventfds_and_a_full_one_blocks_nothing() {
         let full = eventfd(0);
         let max = (u64::MAX - 1).to_ne_bytes();
         // SAFETY: writing 8 bytes from a live buffer to our own eventfd.
-        assert_eq!(
-            unsafe { libc::write(full.as_raw_fd(), max.as_ptr().cast(), 8) },
-            8
-        );
+        let written = unsafe { libc::write(full.as_raw_fd(), max.as_ptr().cast(), 8) };
+        assert_eq!(written, 8);
         assert!(!is_nonblocking(full.as_raw_fd()));
         a.fe.set_vring_call(0, Some(full.as_raw_fd()), true)
             .unwrap();
@@ -336,7 +334,7 @@ fn a_connection_holds_no_more_descriptors_than_its_limit() {
 
 #[test]
 fn frames_longer_than_the_limit_are_dropped_as_too_long() {
-    let mut d = Daemon::start(
+    let d = Daemon::start(
         &["p0", "p1", "p2"],
         &["--mode", "learning", "--max-frame-len", "1000"],
     );
