@@ -11,4 +11,13 @@ export VHOST_SWITCH_REQUIRE_PEERS=1 VHOST_SWITCH_REQUIRE_HUGEPAGES=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The lean daemon (without the default `demo` feature) links nothing of ours but pmd, and
+# its `demo` refuses in one line (tests/daemon.rs).
+cargo clippy -p vhost-switch --no-default-features -- -D warnings
+lean_tree=$(cargo tree -p vhost-switch --no-default-features -e normal --prefix none)
+if grep -E '^(bench|vhost-kit) ' <<<"$lean_tree"; then
+    echo "test: vhost-switch --no-default-features links the crates above" >&2
+    exit 1
+fi
+cargo test -p vhost-switch --no-default-features --test daemon
 scripts/fuzz.sh

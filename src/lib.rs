@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod ctl;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod port;
 pub mod vhost_user;

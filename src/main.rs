@@ -35,10 +35,18 @@ enum Command {
     Ctl(CtlArgs),
     /// Run the switch with two ports and the built-in traffic generator as their guests,
     /// print throughput and the switch's counters.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build (no traffic generator): rebuild with the default `demo` feature"
+        )
+    )]
     Demo(DemoCli),
 }
 
 #[derive(clap::Args)]
+// Without the `demo` feature the options are parsed, then refused.
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
 struct DemoCli {
     /// Seconds of traffic.
     #[arg(long, default_value_t = 5)]
@@ -109,19 +117,31 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Ctl(args) => ctl(args),
-        Command::Demo(args) => vhost_switch::demo::run(vhost_switch::demo::DemoArgs {
-            seconds: args.seconds,
-            size: args.size,
-            mode: match args.mode {
-                Mode::Learning => "learning",
-                Mode::Xconnect => "xconnect",
-            },
-        }),
+        Command::Demo(args) => demo(args),
     };
     if let Err(e) = result {
         eprintln!("vhost-switch: {e:#}");
         std::process::exit(1);
     }
+}
+
+#[cfg(feature = "demo")]
+fn demo(args: DemoCli) -> Result<()> {
+    vhost_switch::demo::run(vhost_switch::demo::DemoArgs {
+        seconds: args.seconds,
+        size: args.size,
+        mode: match args.mode {
+            Mode::Learning => "learning",
+            Mode::Xconnect => "xconnect",
+        },
+    })
+}
+
+/// A build without the `demo` feature keeps the subcommand (and its options, so that the
+/// README's command line parses) but has no generator to run it with.
+#[cfg(not(feature = "demo"))]
+fn demo(_: DemoCli) -> Result<()> {
+    anyhow::bail!("this build has no traffic generator: rebuild with the default `demo` feature")
 }
 
 fn ctl(args: CtlArgs) -> Result<()> {

@@ -55,8 +55,9 @@ fn stale_socket_is_replaced_and_non_sockets_are_not() {
         ],
     );
     d.wait_log("replacing stale socket");
-    let mut fe =
-        bench::Frontend::new(bench::wire::Connection::connect_retry(&stale, TIMEOUT).unwrap());
+    let mut fe = vhost_kit::Frontend::new(
+        vhost_kit::wire::Connection::connect_retry(&stale, TIMEOUT).unwrap(),
+    );
     fe.get_features().unwrap();
     drop(d);
 
@@ -138,6 +139,20 @@ fn bad_flags_and_configs_give_one_clear_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A daemon built without the `demo` feature (`--no-default-features`) keeps the
+/// subcommand and refuses it in one line, exit status 1.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_generator_says_so() {
+    let out = run_to_end(&["demo", "--seconds", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "vhost-switch: this build has no traffic generator: rebuild with the default `demo` feature"
+    );
+}
+
 #[test]
 fn config_file_ports_and_flag_overrides() {
     let dir = temp_dir("toml");
@@ -164,7 +179,7 @@ fn config_file_ports_and_flag_overrides() {
     );
     d.wait_for_socket(&dir.join("a.sock"));
     d.wait_for_socket(&b2);
-    let mut fe = bench::Frontend::connect(dir.join("a.sock")).unwrap();
+    let mut fe = vhost_kit::Frontend::connect(dir.join("a.sock")).unwrap();
     fe.set_protocol_features(CONFIG, false).unwrap();
     assert_eq!(&fe.get_config(0, 6, 0).unwrap(), &[2, 0, 0, 0, 0, 0xaa]);
     assert!(!dir.join("b.sock").exists());
@@ -192,7 +207,7 @@ fn client_mode_connects_and_reconnects_with_backoff() {
     for _ in 0..3 {
         drop(last.take());
         let (stream, _) = accept_within(&listener, TIMEOUT);
-        let mut fe = bench::Frontend::from_stream(stream).unwrap();
+        let mut fe = vhost_kit::Frontend::from_stream(stream).unwrap();
         fe.set_timeout(TIMEOUT);
         negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
         last = Some(fe);

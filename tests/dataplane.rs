@@ -1,15 +1,15 @@
-//! The data plane end to end: the real daemon forwards frames between `bench` driver
+//! The data plane end to end: the real daemon forwards frames between `vhost-kit` driver
 //! guests over real vhost-user sockets (DESIGN §5, §6).
 
 mod common;
 
 use std::time::Duration;
 
-use bench::driver::frame::{self, local_mac, BROADCAST};
-use bench::driver::net::{NetOptions, TxLayout};
-use bench::driver::split::{Desc, Seg, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use common::guest::*;
 use common::*;
+use vhost_kit::driver::frame::{self, local_mac, BROADCAST};
+use vhost_kit::driver::net::{NetOptions, TxLayout};
+use vhost_kit::driver::split::{Desc, Seg, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -361,7 +361,10 @@ fn hostile(damage: impl FnOnce(&mut Vm<'_>), expect_drop: Option<&str>) {
 }
 
 /// Queues one frame, then rewrites its descriptors with `f(head, chain)` before publishing.
-fn corrupt_tx(guest: &mut Vm<'_>, f: impl FnOnce(&mut bench::driver::split::DriverQueue<'_>, u16)) {
+fn corrupt_tx(
+    guest: &mut Vm<'_>,
+    f: impl FnOnce(&mut vhost_kit::driver::split::DriverQueue<'_>, u16),
+) {
     let frame = make_frame(64, local_mac(4), guest.mac, 0);
     let q = guest.drv.tx_queue_mut();
     let gpa = guest.layout.pool_offset;
@@ -484,9 +487,9 @@ fn add_and_remove_mem_reg_during_traffic() {
     // attach negotiated without CONFIGURE_MEM_SLOTS; a later SET_PROTOCOL_FEATURES adds it.
     a.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | MEM_SLOTS, true)
         .unwrap();
-    let extra: Vec<bench::memory::SharedMemory> = (0..3)
+    let extra: Vec<vhost_kit::memory::SharedMemory> = (0..3)
         .map(|i| {
-            bench::memory::SharedMemory::new(1 << 20, bench::memory::HugePages::Never)
+            vhost_kit::memory::SharedMemory::new(1 << 20, vhost_kit::memory::HugePages::Never)
                 .unwrap()
                 .with_guest_phys_addr((1 << 30) + (i << 21))
         })

@@ -8,11 +8,11 @@ use std::collections::HashSet;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
-use bench::driver::frame::{self, local_mac};
-use bench::driver::net::NetOptions;
-use bench::frontend::Frontend;
 use common::guest::*;
 use common::*;
+use vhost_kit::driver::frame::{self, local_mac};
+use vhost_kit::driver::net::NetOptions;
+use vhost_kit::frontend::Frontend;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -91,12 +91,12 @@ fn accept(listener: &UnixListener) -> Frontend {
 }
 
 /// Re-attaches an existing guest (memory, rings, driver state) over a new connection.
-fn reattach(vm: &mut Vm<'_>, mut fe: Frontend, mem: &bench::memory::SharedMemory) {
+fn reattach(vm: &mut Vm<'_>, mut fe: Frontend, mem: &vhost_kit::memory::SharedMemory) {
     negotiate(&mut fe, REPLY_ACK | MQ | STATUS, GUEST_FEATURES);
     fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();
     fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();
     // The used index in memory is where the device got to (QEMU sends the same).
-    let used_idx = |ring: &bench::vring::Vring| {
+    let used_idx = |ring: &vhost_kit::vring::Vring| {
         let mut used = [0u8; 2];
         mem.read(ring.used_offset() + 2, &mut used).unwrap();
         u32::from(u16::from_le_bytes(used))

@@ -5,9 +5,9 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bench::error::Error;
 use common::*;
 use vhost::vhost_user::message::FrontendReq;
+use vhost_kit::error::Error;
 
 fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
     [code, flags, size]

@@ -9,13 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use bench::driver::frame::local_mac;
-use bench::error::Error;
-use bench::frontend::Frontend;
-use bench::memory::{HugePages, SharedMemory};
 use common::guest::*;
 use common::*;
 use vhost::vhost_user::message::{FrontendReq, VhostUserMemoryRegion};
+use vhost_kit::driver::frame::local_mac;
+use vhost_kit::error::Error;
+use vhost_kit::frontend::Frontend;
+use vhost_kit::memory::{HugePages, SharedMemory};
 
 fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
     [code, flags, size]
@@ -25,7 +25,7 @@ fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
 }
 
 /// The answer to a hostile request: a NACK, or the connection closed. Never a hang.
-fn refused<T: std::fmt::Debug>(fe: &mut Frontend, r: bench::error::Result<T>) {
+fn refused<T: std::fmt::Debug>(fe: &mut Frontend, r: vhost_kit::error::Result<T>) {
     match r {
         Err(Error::Nack(_)) => {}
         Err(Error::Closed) => {}
@@ -106,7 +106,9 @@ const SCENARIOS: &[Scenario] = &[
         ready(fe);
         fe.set_mem_table(&[(mem.region(), mem.fd())], true).unwrap();
         fe.set_vring_num(0, 256, true).unwrap();
-        let mut addr = bench::vring::Vring::new(mem, 0, 256).unwrap().addr(0, 0);
+        let mut addr = vhost_kit::vring::Vring::new(mem, 0, 256)
+            .unwrap()
+            .addr(0, 0);
         addr.descriptor = 0x10;
         let r = fe.set_vring_addr(&addr, true);
         refused(fe, r);

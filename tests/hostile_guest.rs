@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::driver::frame::local_mac;
-use bench::driver::split::{Desc, Seg, VIRTQ_DESC_F_INDIRECT};
-use bench::memory::{HugePages, SharedMemory};
 use common::guest::*;
 use common::*;
+use vhost_kit::driver::frame::local_mac;
+use vhost_kit::driver::split::{Desc, Seg, VIRTQ_DESC_F_INDIRECT};
+use vhost_kit::memory::{HugePages, SharedMemory};
 
 const WAIT: Duration = Duration::from_secs(5);
 

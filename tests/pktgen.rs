@@ -262,6 +262,8 @@ fn pktgen_against_dpdk_net_vhost_backend() {
     }
 }
 
+// A build without the `demo` feature refuses `demo`: tests/daemon.rs.
+#[cfg(feature = "demo")]
 #[test]
 fn the_demo_runs_as_written() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vhost-switch"))

@@ -4,11 +4,11 @@
 
 mod common;
 
-use bench::memory::{HugePages, SharedMemory};
-use bench::sequences::{self, DpdkOptions, QemuOptions};
-use bench::vring::Ring;
 use common::*;
 use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
+use vhost_kit::memory::{HugePages, SharedMemory};
+use vhost_kit::sequences::{self, DpdkOptions, QemuOptions};
+use vhost_kit::vring::Ring;
 
 fn rings(mem: &SharedMemory, base: u32) -> Vec<Ring> {
     let mut rings = Ring::layout(mem, 0x10000, QUEUE_SIZE, 2).unwrap();

@@ -4,12 +4,12 @@ mod common;
 
 use std::os::fd::AsRawFd;
 
-use bench::error::Error;
-use bench::memory::{HugePages, SharedMemory};
 use common::*;
 use vhost::vhost_user::message::{FrontendReq, VhostUserMemoryRegion, VhostUserVringAddr};
+use vhost_kit::error::Error;
+use vhost_kit::memory::{HugePages, SharedMemory};
 
-fn ready(d: &Daemon, proto: u64, features: u64) -> (bench::Frontend, Guest) {
+fn ready(d: &Daemon, proto: u64, features: u64) -> (vhost_kit::Frontend, Guest) {
     let mut fe = d.connect("p0");
     negotiate(&mut fe, proto, features);
     let guest = Guest::new();
@@ -46,7 +46,7 @@ fn r6_rings_start_enabled_without_bit30() {
 fn r6_enable_value_must_be_0_or_1() {
     let d = Daemon::start(&["p0"], &[]);
     let (mut fe, _guest) = ready(&d, REPLY_ACK, VERSION_1 | BIT30);
-    let body = bench::payload::vring_state(0, 2);
+    let body = vhost_kit::payload::vring_state(0, 2);
     assert_nack(fe.request(FrontendReq::SET_VRING_ENABLE, true, &body, &[]));
 }
 
@@ -85,7 +85,7 @@ fn r6_kick_without_fd_means_polling() {
     d.wait_log("polling=true");
     // The invalid-fd bit with a descriptor attached anyway is refused.
     let null = std::fs::File::open("/dev/null").unwrap();
-    let value = bench::payload::vring_file(1, false);
+    let value = vhost_kit::payload::vring_file(1, false);
     assert_nack(fe.request(
         FrontendReq::SET_VRING_CALL,
         true,
@@ -93,7 +93,7 @@ fn r6_kick_without_fd_means_polling() {
         &[null.as_raw_fd()],
     ));
     // And a descriptor missing without the bit.
-    let value = bench::payload::vring_file(1, true);
+    let value = vhost_kit::payload::vring_file(1, true);
     assert_nack(fe.request(FrontendReq::SET_VRING_CALL, true, &value.to_ne_bytes(), &[]));
 }
 
@@ -224,7 +224,7 @@ fn r8_bad_memory_tables_are_refused() {
         assert_nack(fe.set_mem_table(table, true));
     }
     // Wrong fd count: two regions, one fd.
-    let body = bench::payload::mem_table(
+    let body = vhost_kit::payload::mem_table(
         [
             region(0, 0x1000, ua, 0),
             region(0x1000, 0x1000, ua + 0x1000, 0x1000),

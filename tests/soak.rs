@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::driver::frame::{self, local_mac};
-use bench::memory::SharedMemory;
 use common::guest::*;
 use common::*;
+use vhost_kit::driver::frame::{self, local_mac};
+use vhost_kit::memory::SharedMemory;
 
 /// Resident set size growth allowed between the first and the last sample.
 const RSS_GROWTH_LIMIT_KB: u64 = 16 * 1024;
@@ -48,13 +48,13 @@ fn soak() {
             let mut x: u64 = 0x2545_F491_4F6C_DD1D;
             let mut cycles = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(fe) = bench::Frontend::connect(dir.join("p2.sock")) else {
+                let Ok(fe) = vhost_kit::Frontend::connect(dir.join("p2.sock")) else {
                     continue;
                 };
                 let vm = attach_fe(
                     fe,
                     &mem,
-                    bench::driver::net::NetOptions {
+                    vhost_kit::driver::net::NetOptions {
                         features: GUEST_FEATURES,
                         ..Default::default()
                     },

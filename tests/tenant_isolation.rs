@@ -9,10 +9,10 @@ mod common;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use bench::driver::frame::local_mac;
 use common::guest::*;
 use common::*;
 use vhost::vhost_user::message::{FrontendReq, VhostUserMemoryRegion};
+use vhost_kit::driver::frame::local_mac;
 
 /// Resident memory of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {

@@ -1,14 +1,14 @@
-//! A guest on a switch port: shared memory, the `bench` virtio-net driver, and the
+//! A guest on a switch port: shared memory, the `vhost-kit` virtio-net driver, and the
 //! vhost-user handshake that attaches them to the daemon.
 #![allow(dead_code)]
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bench::driver::frame;
-use bench::driver::net::{NetDriver, NetLayout, NetOptions};
-use bench::frontend::Frontend;
-use bench::memory::{HugePages, SharedMemory};
+use vhost_kit::driver::frame;
+use vhost_kit::driver::net::{NetDriver, NetLayout, NetOptions};
+use vhost_kit::frontend::Frontend;
+use vhost_kit::memory::{HugePages, SharedMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
@@ -159,7 +159,7 @@ pub fn attach_ports<'m, M: std::borrow::Borrow<SharedMemory>>(
                 m.borrow(),
                 GUEST_FEATURES,
                 2048,
-                bench::driver::frame::local_mac(i as u32 + 1),
+                vhost_kit::driver::frame::local_mac(i as u32 + 1),
             )
         })
         .collect()
@@ -192,7 +192,7 @@ pub fn exchange(a: &mut Vm<'_>, b: &mut Vm<'_>, n: usize, len: usize, first_seq:
     );
     for (i, f) in got.iter().enumerate() {
         assert_eq!(f.len(), len);
-        let seq = bench::driver::frame::verify(f).unwrap();
+        let seq = vhost_kit::driver::frame::verify(f).unwrap();
         assert_eq!(
             seq,
             first_seq + i as u64,

@@ -1,5 +1,5 @@
 //! Test harness: the real `vhost-switch` binary on real unix sockets, driven by the
-//! `bench` front-end library.
+//! `vhost-kit` front-end library.
 #![allow(dead_code)]
 
 pub mod guest;
@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bench::frontend::Frontend;
-use bench::memory::{HugePages, SharedMemory};
-use bench::vring::Vring;
+use vhost_kit::frontend::Frontend;
+use vhost_kit::memory::{HugePages, SharedMemory};
+use vhost_kit::vring::Vring;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Features a Linux guest would ack from what we offer.
@@ -338,9 +338,9 @@ pub fn start_device(fe: &mut Frontend, guest: &Guest) {
 }
 
 /// Asserts the request was NACKed.
-pub fn assert_nack<T: std::fmt::Debug>(r: bench::error::Result<T>) {
+pub fn assert_nack<T: std::fmt::Debug>(r: vhost_kit::error::Result<T>) {
     match r {
-        Err(bench::error::Error::Nack(v)) => assert_ne!(v, 0),
+        Err(vhost_kit::error::Error::Nack(v)) => assert_ne!(v, 0),
         other => panic!("expected a NACK, got {other:?}"),
     }
 }

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bench::memory::HugePages;
 use bench::pktgen::{self, Config, FrameSize, Mode, PortSpec, Progress, Report, Role, Verify};
 use clap::{Args, Parser, Subcommand};
+use vhost_kit::memory::HugePages;
 
 /// A vhost-user traffic generator: a virtio-net front-end (guest side) that sends,
 /// receives, reflects and measures frames through a vhost-user-net backend.

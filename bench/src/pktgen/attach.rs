@@ -16,11 +16,11 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{PortSpec, Role};
-use crate::frontend::Frontend;
-use crate::memory::SharedMemory;
-use crate::sequences::bits::*;
-use crate::vring::Vring;
-use crate::wire::Connection;
+use vhost_kit::frontend::Frontend;
+use vhost_kit::memory::SharedMemory;
+use vhost_kit::sequences::bits::*;
+use vhost_kit::vring::Vring;
+use vhost_kit::wire::Connection;
 
 /// Protocol features we take when offered.
 const WANTED_PROTOCOL: u64 = P::MQ.bits() | P::REPLY_ACK.bits() | P::STATUS.bits();
@@ -218,8 +218,8 @@ mod tests {
     use vhost::vhost_user::message::FrontendReq as R;
 
     use super::*;
-    use crate::memory::HugePages;
-    use crate::wire::testpeer::scripted_backend;
+    use vhost_kit::memory::HugePages;
+    use vhost_kit::wire::testpeer::scripted_backend;
 
     /// The shared scripted backend (GET_VRING_BASE answers 7, 8), seen as (request,
     /// NEED_REPLY) pairs.

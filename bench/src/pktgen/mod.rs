@@ -15,7 +15,7 @@
 //! ```
 //!
 //! How it works: every port gets its own guest memory (a memfd, hugetlb pages when
-//! possible), a [`ZcNet`](crate::driver::ZcNet) driver over a receive and a transmit split
+//! possible), a [`ZcNet`](vhost_kit::driver::ZcNet) driver over a receive and a transmit split
 //! ring, and a vhost-user session ([`attach`]: client or server role, DPDK virtio_user's
 //! message order, VERSION_1 + bit 30 + MRG_RXBUF, optionally EVENT_IDX / INDIRECT_DESC;
 //! REPLY_ACK, MQ, STATUS when offered). Rings ask for no interrupts; kicks are written only
@@ -63,11 +63,11 @@ pub use histogram::Percentiles;
 pub use report::{DirectionReport, PortReport, Report, Rfc2544Report, Rfc2544Step, SelftestReport};
 pub use selftest::selftest;
 
-use crate::driver::split::Kick;
-use crate::memory::{HugePages, SharedMemory};
-use crate::sequences::bits::{RING_F_EVENT_IDX, RING_F_INDIRECT_DESC};
 use engine::{topology, Engine};
 use port::{Plan, PortInfo, PortRt};
+use vhost_kit::driver::split::Kick;
+use vhost_kit::memory::{HugePages, SharedMemory};
+use vhost_kit::sequences::bits::{RING_F_EVENT_IDX, RING_F_INDIRECT_DESC};
 
 /// What the generator does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,12 +13,12 @@ use super::histogram::Histogram;
 use super::rate::RateLimiter;
 use super::seq::SeqTracker;
 use super::{Config, FrameSize, Verify};
-use crate::driver::split::Kick;
-use crate::driver::zerocopy::{BufId, RxBatch, RxFrame, ZcNet, MAX_TX_CHAIN};
-use crate::error::Result;
-use crate::memory::SharedMemory;
-use crate::sequences::bits::NET_F_MRG_RXBUF;
-use crate::vring::{self, Vring};
+use vhost_kit::driver::split::Kick;
+use vhost_kit::driver::zerocopy::{BufId, RxBatch, RxFrame, ZcNet, MAX_TX_CHAIN};
+use vhost_kit::error::Result;
+use vhost_kit::memory::SharedMemory;
+use vhost_kit::sequences::bits::NET_F_MRG_RXBUF;
+use vhost_kit::vring::{self, Vring};
 
 /// Class of the RX buffers (TX classes are 0..).
 pub(crate) const RX_CLASS: u8 = u8::MAX;
@@ -72,7 +72,7 @@ pub(crate) struct Plan {
 impl Plan {
     pub fn new(cfg: &Config, features: u64, role: &PortRole) -> Plan {
         let q = cfg.queue_size;
-        let hdr = crate::driver::net::net_hdr_len(features);
+        let hdr = vhost_kit::driver::net::net_hdr_len(features);
         let (sizes, _) = classes(&cfg.size);
         let largest = sizes.iter().copied().max().unwrap_or(MAX_FRAME);
         let whole = align_up((hdr + largest) as u64, 64) as u32;
@@ -312,7 +312,7 @@ impl<'m> PortRt<'m> {
             let mut free = Vec::with_capacity(plan.tx_count);
             if let Some(dst) = role.tx_to {
                 let t = Template::new(len, idx, idx, dst)
-                    .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
+                    .map_err(|e| vhost_kit::Error::InvalidArgument(e.to_string()))?;
                 img[..hdr].fill(0);
                 t.fill(&mut img[hdr..hdr + len]);
                 for _ in 0..plan.tx_count {
@@ -632,9 +632,9 @@ impl<'m> PortRt<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::HugePages;
-    use crate::null_backend::NullBackend;
-    use crate::sequences::bits::F_VERSION_1;
+    use vhost_kit::memory::HugePages;
+    use vhost_kit::null_backend::NullBackend;
+    use vhost_kit::sequences::bits::F_VERSION_1;
 
     #[test]
     fn imix_is_7_4_1_of_64_576_1500() {

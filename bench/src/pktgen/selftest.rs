@@ -16,9 +16,9 @@ use super::engine::{topology, Engine};
 use super::port::{Plan, PortInfo, PortRt};
 use super::report::{Report, SelftestReport};
 use super::{alloc, pin, Config, Mode, PortSpec};
-use crate::driver::split::Kick;
-use crate::null_backend::NullBackend;
-use crate::sequences::bits::{F_VERSION_1, NET_F_MRG_RXBUF};
+use vhost_kit::driver::split::Kick;
+use vhost_kit::null_backend::NullBackend;
+use vhost_kit::sequences::bits::{F_VERSION_1, NET_F_MRG_RXBUF};
 
 /// Longest plausible null-device call (a burst per port); longer ones were preempted.
 const PREEMPTED_NS: u64 = 30_000;
@@ -153,8 +153,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::memory::HugePages;
     use crate::pktgen::{FrameSize, Progress, Verify};
+    use vhost_kit::memory::HugePages;
 
     /// The self-tests spin on every core they get: one at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -258,7 +258,7 @@ mod tests {
     fn loopback_echoes_in_place_and_macswap_swaps() {
         use crate::pktgen::engine::Direction;
         use crate::pktgen::port::PortRole;
-        use crate::SharedMemory;
+        use vhost_kit::SharedMemory;
         let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut cfg = cfg(FrameSize::Imix, 5);
         cfg.macswap = true;

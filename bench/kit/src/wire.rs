@@ -312,23 +312,30 @@ impl Connection {
     }
 }
 
-/// Test helpers shared by the unit tests of this crate: a minimal "backend" side.
-#[cfg(test)]
-pub(crate) mod testpeer {
+/// Test helpers: a minimal scripted "backend" side on one end of a socketpair, for this
+/// crate's unit tests and (with the `testpeer` feature) those of crates built on it. The
+/// helpers panic on any I/O error or surprise: they are for tests only.
+#[cfg(any(test, feature = "testpeer"))]
+pub mod testpeer {
     use super::*;
     use std::io;
 
     /// A message as the backend side sees it.
-    pub(crate) struct Received {
+    pub struct Received {
+        /// Request code.
         pub request: u32,
+        /// Header flags.
         pub flags: u32,
+        /// Payload size the header announced.
         pub size: u32,
+        /// The payload.
         pub payload: Vec<u8>,
+        /// File descriptors that came with the header.
         pub fds: Vec<OwnedFd>,
     }
 
     /// Reads one message from `s` (blocking, 5 s timeout); `None` on EOF.
-    pub(crate) fn recv_msg(s: &UnixStream) -> Option<Received> {
+    pub fn recv_msg(s: &UnixStream) -> Option<Received> {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut header = [0u8; HEADER_SIZE];
         let mut raw = [-1 as RawFd; MAX_RECV_FDS];
@@ -360,13 +367,13 @@ pub(crate) mod testpeer {
     }
 
     /// Sends a reply with the REPLY flag and version 1.
-    pub(crate) fn reply(s: &UnixStream, request: u32, payload: &[u8]) {
+    pub fn reply(s: &UnixStream, request: u32, payload: &[u8]) {
         let msg = encode_message(request, FLAG_REPLY, payload);
         std::io::Write::write_all(&mut &*s, &msg).unwrap();
     }
 
     /// Nothing more is pending on `s` right now.
-    pub(crate) fn assert_idle(s: &UnixStream) {
+    pub fn assert_idle(s: &UnixStream) {
         s.set_nonblocking(true).unwrap();
         let mut b = [0u8; 1];
         let r = std::io::Read::read(&mut &*s, &mut b);
@@ -379,18 +386,23 @@ pub(crate) mod testpeer {
 
     /// What the scripted backend saw of one message.
     #[derive(Debug, Clone, PartialEq)]
-    pub(crate) struct Seen {
+    pub struct Seen {
+        /// Request code.
         pub req: u32,
+        /// The NEED_REPLY flag was set.
         pub need_reply: bool,
+        /// Payload size the header announced.
         pub size: u32,
+        /// File descriptors received with it.
         pub nfds: usize,
+        /// The payload.
         pub payload: Vec<u8>,
     }
 
     /// A scripted backend on one end of a socketpair: answers the GETs a net front-end
     /// sends (GET_VRING_BASE with `vring_base + ring index`), acks NEED_REPLY, keeps the
     /// status it is set (masked with `status_mask`) and records every message.
-    pub(crate) fn scripted_backend(
+    pub fn scripted_backend(
         features: u64,
         protocol: u64,
         status_mask: u64,
