@@ -23,6 +23,7 @@ fn seek(segs: &[GuestRange], mut offset: u64) -> (usize, u64) {
 /// Copies `len` bytes from chain `src` (in `src_mem`, starting `src_off` bytes in) to chain
 /// `dst` (in `dst_mem`, starting `dst_off` bytes in). Returns the bytes copied: fewer than
 /// `len` only when a chain ends first or a range is not in its map.
+#[inline]
 pub fn chain_to_chain(
     src_mem: &GuestMemoryMap,
     src: &[GuestRange],

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::slice::GuestSlice;
+use super::slice::{GuestSlice, Windows};
 use crate::mmap::{self, Mapping};
 
 /// One region as described by the front-end, before it is mapped.
@@ -201,17 +201,9 @@ impl MappedRegion {
         self.mapping.faults()
     }
 
-    /// A view of `offset..offset + len` of the region, if wholly inside it.
-    fn slice(&self, offset: u64, len: u64) -> Option<GuestSlice<'_>> {
-        let end = offset.checked_add(len)?;
-        if end > self.plan.spec.size {
-            return None;
-        }
-        GuestSlice::new(
-            &self.mapping,
-            self.start.checked_add(usize::try_from(offset).ok()?)?,
-            usize::try_from(len).ok()?,
-        )
+    /// The mapping and the offset of the region's first byte in it (for [`Windows`]).
+    pub(super) fn window(&self) -> (&Mapping, usize) {
+        (&self.mapping, self.start)
     }
 }
 
@@ -253,6 +245,7 @@ impl GuestRange {
 #[derive(Debug, Default, Clone)]
 pub struct GuestMemoryMap {
     regions: Vec<Arc<MappedRegion>>,
+    windows: Windows,
 }
 
 impl GuestMemoryMap {
@@ -265,7 +258,8 @@ impl GuestMemoryMap {
             });
         }
         check_disjoint(regions.iter().map(|r| *r.spec()))?;
-        Ok(GuestMemoryMap { regions })
+        let windows = Windows::new(&regions);
+        Ok(GuestMemoryMap { regions, windows })
     }
 
     /// The mapped regions, in the order the front-end gave them.
@@ -288,64 +282,49 @@ impl GuestMemoryMap {
         self.regions.iter().map(|r| r.faults()).sum()
     }
 
-    fn find(
-        &self,
-        addr: u64,
-        base: impl Fn(&RegionSpec) -> u64,
-    ) -> Option<(usize, &MappedRegion, u64)> {
-        self.regions.iter().enumerate().find_map(|(i, r)| {
-            let offset = addr.checked_sub(base(r.spec()))?;
-            (offset < r.spec().size).then_some((i, &**r, offset))
-        })
-    }
-
-    fn whole(&self, found: Option<(usize, &MappedRegion, u64)>, len: u64) -> Option<GuestRange> {
-        let (i, r, offset) = found?;
-        let len32 = u32::try_from(len).ok()?;
-        (offset.checked_add(len)? <= r.spec().size).then_some(GuestRange {
-            region: i as u32,
+    fn whole(found: Option<(u32, u64, u64)>, len: u64) -> Option<GuestRange> {
+        let (region, offset, room) = found?;
+        (len <= room).then_some(GuestRange {
+            region,
             offset,
-            len: len32,
+            len: u32::try_from(len).ok()?,
         })
     }
 
     /// Translates a front-end virtual address range (vhost-user ring addresses). The whole
     /// range must lie inside one region.
     pub fn translate_user(&self, addr: u64, len: u64) -> Option<GuestRange> {
-        self.whole(self.find(addr, |s| s.user_addr), len)
+        Self::whole(self.windows.find(addr, true), len)
     }
 
     /// Translates a guest physical address range (descriptor buffers). The whole range
     /// must lie inside one region.
     #[inline]
     pub fn translate_gpa(&self, gpa: u64, len: u64) -> Option<GuestRange> {
-        self.whole(self.find(gpa, |s| s.guest_phys_addr), len)
+        Self::whole(self.windows.find(gpa, false), len)
     }
 
     /// The range from `gpa` to the end of its region (at most 4 GiB - 1): used to split
     /// buffers that cross a region boundary.
     #[inline]
     pub fn translate_gpa_prefix(&self, gpa: u64) -> Option<GuestRange> {
-        let (i, r, offset) = self.find(gpa, |s| s.guest_phys_addr)?;
+        let (region, offset, room) = self.windows.find(gpa, false)?;
         Some(GuestRange {
-            region: i as u32,
+            region,
             offset,
-            len: (r.spec().size - offset).min(u64::from(u32::MAX)) as u32,
+            len: room.min(u64::from(u32::MAX)) as u32,
         })
     }
 
     /// The guest physical address of a range's first byte.
     pub fn gpa_of(&self, range: &GuestRange) -> Option<u64> {
-        let r = self.regions.get(range.region as usize)?;
-        r.spec().guest_phys_addr.checked_add(range.offset)
+        self.windows.gpa(range.region)?.checked_add(range.offset)
     }
 
     /// The memory of `range`, checked against this map.
     #[inline]
     pub fn slice(&self, range: &GuestRange) -> Option<GuestSlice<'_>> {
-        self.regions
-            .get(range.region as usize)?
-            .slice(range.offset, u64::from(range.len))
+        self.windows.slice(range.region, range.offset, range.len)
     }
 
     /// Copies guest memory from `gpa` into `dst`, across region boundaries if needed.

@@ -11,8 +11,104 @@
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
+use super::map::MappedRegion;
 use crate::mmap::Mapping;
+
+/// One region as translation and the fast path read it.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    gpa: u64,
+    user: u64,
+    size: u64,
+    /// Host address of the region's first byte, inside a mapping `Windows` keeps alive.
+    host: NonNull<u8>,
+}
+
+/// The regions of one memory map in one flat array (guest-physical and user start, size,
+/// host address): what every translation and every access reads, in a cache line or two
+/// instead of a pointer chase per region. Holds the regions' `Arc`s, so every address in
+/// it stays mapped as long as it exists.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Windows {
+    entries: Box<[Window]>,
+    _regions: Vec<Arc<MappedRegion>>,
+}
+
+// SAFETY: the host addresses point into mappings owned (through the `Arc`s) by the value
+// itself; they are only turned into `GuestSlice`s, which access the memory with volatile,
+// atomic or `ptr::copy` operations, as the data plane does from several threads anyway.
+unsafe impl Send for Windows {}
+// SAFETY: as above; nothing in `Windows` is mutated after construction.
+unsafe impl Sync for Windows {}
+
+impl Windows {
+    /// The windows of `regions`, in order.
+    pub(super) fn new(regions: &[Arc<MappedRegion>]) -> Windows {
+        let entries = regions
+            .iter()
+            .map(|r| {
+                let (mapping, start) = r.window();
+                let spec = r.spec();
+                // The mapping is the region's page-rounded window, `start` the region's
+                // offset in it, so nothing is cut here; the clamp makes the bound local.
+                let start = start.min(mapping.len());
+                let room = (mapping.len() - start) as u64;
+                Window {
+                    gpa: spec.guest_phys_addr,
+                    user: spec.user_addr,
+                    size: spec.size.min(room),
+                    // SAFETY: start <= mapping.len(), so the result stays inside (or one past
+                    // the end of) the mapping, which starts at a non-null `base`; `size` is
+                    // clamped to what follows `start` in the mapping.
+                    host: unsafe { mapping.base().add(start) },
+                }
+            })
+            .collect();
+        Windows {
+            entries,
+            _regions: regions.to_vec(),
+        }
+    }
+
+    /// The region holding guest-physical address `gpa` (`user == false`) or front-end
+    /// address `gpa` (`user == true`): its index, the offset of the address in it, and the
+    /// bytes from there to the region's end.
+    #[inline(always)]
+    pub(super) fn find(&self, addr: u64, user: bool) -> Option<(u32, u64, u64)> {
+        for (i, w) in self.entries.iter().enumerate() {
+            let base = if user { w.user } else { w.gpa };
+            if let Some(offset) = addr.checked_sub(base) {
+                if offset < w.size {
+                    return Some((i as u32, offset, w.size - offset));
+                }
+            }
+        }
+        None
+    }
+
+    /// The guest-physical start of region `index`.
+    pub(super) fn gpa(&self, index: u32) -> Option<u64> {
+        Some(self.entries.get(index as usize)?.gpa)
+    }
+
+    /// `len` bytes of region `index` from `offset`, if wholly inside it.
+    #[inline(always)]
+    pub(super) fn slice(&self, index: u32, offset: u64, len: u32) -> Option<GuestSlice<'_>> {
+        let w = self.entries.get(index as usize)?;
+        if offset > w.size || u64::from(len) > w.size - offset {
+            return None;
+        }
+        Some(GuestSlice {
+            // SAFETY: offset + len <= size, so the range lies inside the region, which lies
+            // inside a mapping kept alive by `self` (see `new`); `host` is not null.
+            ptr: unsafe { w.host.add(offset as usize) },
+            len: len as usize,
+            _region: PhantomData,
+        })
+    }
+}
 
 /// A range of guest memory, valid while the region it was made from is borrowed.
 ///
@@ -34,7 +130,8 @@ unsafe impl Sync for GuestSlice<'_> {}
 
 impl<'m> GuestSlice<'m> {
     /// `len` bytes of `mapping` from `offset`, if wholly inside it.
-    pub(super) fn new(mapping: &'m Mapping, offset: usize, len: usize) -> Option<Self> {
+    #[cfg(test)]
+    fn new(mapping: &'m Mapping, offset: usize, len: usize) -> Option<Self> {
         if offset.checked_add(len)? > mapping.len() {
             return None;
         }

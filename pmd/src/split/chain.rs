@@ -99,11 +99,6 @@ impl Segments {
             .min(self.segs.capacity());
     }
 
-    /// Drops the segments from index `len` on (a chain that was refused).
-    pub fn truncate(&mut self, len: usize) {
-        self.segs.truncate(len);
-    }
-
     /// Segments held.
     pub fn len(&self) -> usize {
         self.segs.len()
@@ -112,11 +107,6 @@ impl Segments {
     /// True when no segment is held.
     pub fn is_empty(&self) -> bool {
         self.segs.is_empty()
-    }
-
-    /// Segments that still fit.
-    pub fn room(&self) -> usize {
-        self.segs.capacity() - self.segs.len()
     }
 
     /// The segments, in chain order.
