@@ -80,6 +80,28 @@ fn p0_recovers(d: &Daemon, b: &mut Vm<'_>, seq: &mut u64) {
     *seq += 128;
 }
 
+/// Runs `attack` on p0 while guests on p1 and p2 (the bystanders) forward, then checks what
+/// every attack must leave intact: the bystanders still exchange verified frames both ways,
+/// the daemon's descriptors, mappings and resident memory are back to their baseline, p0
+/// serves a well-behaved guest again, and every port conserves its packets.
+fn attack_p0(
+    d: &mut Daemon,
+    attack: impl FnOnce(&mut Daemon, &mut Vm<'_>, &mut Vm<'_>, &mut u64, &Baseline),
+) {
+    let (m1, m2) = (memory(), memory());
+    let mut b = attach(d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    let mut c = attach(d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
+    let mut seq = 0;
+    bystanders_forward(&mut b, &mut c, &mut seq);
+    let base = Baseline::take(d);
+    attack(d, &mut b, &mut c, &mut seq, &base);
+    bystanders_forward(&mut b, &mut c, &mut seq);
+    base.check(d);
+    p0_recovers(d, &mut b, &mut seq);
+    base.check(d);
+    assert_conservation(d);
+}
+
 /// A memfd of `len` bytes (sparse: nothing is allocated until written).
 fn sparse_memfd(len: u64) -> OwnedFd {
     // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
@@ -104,13 +126,7 @@ fn start() -> Daemon {
 #[test]
 fn a_small_region_at_a_large_offset_maps_only_that_region() {
     let mut d = start();
-    let (m1, m2) = (memory(), memory());
-    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
-    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
-    let mut seq = 0;
-    bystanders_forward(&mut b, &mut c, &mut seq);
-    let base = Baseline::take(&d);
-    {
+    attack_p0(&mut d, |d, _b, _c, _seq, base| {
         // 4 MiB of guest memory at 4 GiB + 1 page into a sparse 8 GiB memfd. Mapping the
         // file from offset 0 with MAP_POPULATE would make the switch allocate 4 GiB.
         let file = sparse_memfd(8 << 30);
@@ -135,28 +151,18 @@ fn a_small_region_at_a_large_offset_maps_only_that_region() {
             })
             .sum();
         assert_eq!(memfd_kib, 4 << 10, "mapped {memfd_kib} KiB of the memfd");
-        bystanders_forward(&mut b, &mut c, &mut seq);
-    }
-    base.check(&mut d);
-    p0_recovers(&d, &mut b, &mut seq);
-    base.check(&mut d);
-    assert_conservation(&d);
+    });
 }
 
 #[test]
 fn memory_shrunk_under_the_switch_fails_only_that_port() {
     let mut d = start();
-    let (m1, m2) = (memory(), memory());
-    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
-    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
-    let mut seq = 0;
-    let base = Baseline::take(&d);
-    {
+    attack_p0(&mut d, |d, b, _c, seq, _base| {
         let victim_mem = memory();
-        let mut a = attach(&d, "p0", &victim_mem, GUEST_FEATURES, 2048, local_mac(1));
-        exchange(&mut a, &mut b, 32, 256, seq);
-        exchange(&mut b, &mut a, 32, 256, seq + 32);
-        seq += 64;
+        let mut a = attach(d, "p0", &victim_mem, GUEST_FEATURES, 2048, local_mac(1));
+        exchange(&mut a, b, 32, 256, *seq);
+        exchange(b, &mut a, 32, 256, *seq + 32);
+        *seq += 64;
         // The front-end shrinks its memfd under the switch's mapping. From here on this
         // process must not touch that memory either: the driver is forgotten, not used.
         // SAFETY: ftruncate on the memfd our SharedMemory owns; we never access its
@@ -165,14 +171,14 @@ fn memory_shrunk_under_the_switch_fails_only_that_port() {
         // Traffic towards p0 makes a PMD write into the vanished RX buffers; its TX ring
         // is gone too. Both fault; the fence repairs them and the port is failed.
         let frames: Vec<Vec<u8>> = (0..32)
-            .map(|i| make_frame(256, local_mac(1), b.mac, seq + i))
+            .map(|i| make_frame(256, local_mac(1), b.mac, *seq + i))
             .collect();
         b.send_all(&frames);
         b.wait_tx_done();
-        seq += 32;
+        *seq += 32;
         d.wait_log("guest memory shrank under its mapping");
         assert!(d.alive(), "SIGBUS killed the switch:\n{}", d.log());
-        let p0 = port_stats(&d, "p0");
+        let p0 = port_stats(d, "p0");
         assert_eq!(p0["control"]["memory_faults"], 1, "{p0}");
         assert_eq!(p0["connected"], false, "{p0}");
         let Vm { fe, drv, .. } = a;
@@ -182,12 +188,7 @@ fn memory_shrunk_under_the_switch_fails_only_that_port() {
             fe.conn_mut().is_closed(TIMEOUT),
             "p0's front-end was not disconnected"
         );
-        bystanders_forward(&mut b, &mut c, &mut seq);
-    }
-    base.check(&mut d);
-    p0_recovers(&d, &mut b, &mut seq);
-    base.check(&mut d);
-    assert_conservation(&d);
+    });
 }
 
 fn eventfd(flags: i32) -> OwnedFd {
@@ -206,14 +207,9 @@ fn is_nonblocking(fd: RawFd) -> bool {
 #[test]
 fn ring_descriptors_must_be_eventfds_and_a_full_one_blocks_nothing() {
     let mut d = start();
-    let (m1, m2) = (memory(), memory());
-    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
-    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
-    let mut seq = 0;
-    let base = Baseline::take(&d);
-    {
+    attack_p0(&mut d, |d, b, _c, seq, _base| {
         let mem = memory();
-        let mut a = attach(&d, "p0", &mem, GUEST_FEATURES, 2048, local_mac(1));
+        let mut a = attach(d, "p0", &mem, GUEST_FEATURES, 2048, local_mac(1));
         // A pipe as the interrupt descriptor: a PMD writing into it could block.
         let (rd, wr) = {
             let mut fds = [0; 2];
@@ -241,18 +237,13 @@ fn ring_descriptors_must_be_eventfds_and_a_full_one_blocks_nothing() {
             "the switch must make it non-blocking"
         );
         // p0 asks for interrupts (the driver's default): every burst into it tries one.
-        drain(&mut b);
-        exchange(&mut a, &mut b, 1, 256, seq);
-        exchange(&mut b, &mut a, 256, 256, seq + 1);
-        seq += 257;
+        drain(b);
+        exchange(&mut a, b, 1, 256, *seq);
+        exchange(b, &mut a, 256, 256, *seq + 1);
+        *seq += 257;
         // Control requests are answered: no PMD is stuck in write(2).
         assert!(a.fe.get_vring_base(0).is_ok());
-        bystanders_forward(&mut b, &mut c, &mut seq);
-    }
-    base.check(&mut d);
-    p0_recovers(&d, &mut b, &mut seq);
-    base.check(&mut d);
-    assert_conservation(&d);
+    });
 }
 
 fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
@@ -265,12 +256,7 @@ fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
 #[test]
 fn descriptors_sent_piecewise_on_one_message_close_the_connection() {
     let mut d = start();
-    let (m1, m2) = (memory(), memory());
-    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
-    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
-    let mut seq = 0;
-    let base = Baseline::take(&d);
-    {
+    attack_p0(&mut d, |d, _b, _c, _seq, _base| {
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let fds = vec![devnull.as_raw_fd(); 200];
         let mut fe = d.connect("p0");
@@ -285,11 +271,7 @@ fn descriptors_sent_piecewise_on_one_message_close_the_connection() {
         }
         assert!(fe.conn_mut().is_closed(TIMEOUT));
         d.wait_log("file descriptors attached to one message; the limit is 8");
-        bystanders_forward(&mut b, &mut c, &mut seq);
-    }
-    base.check(&mut d);
-    p0_recovers(&d, &mut b, &mut seq);
-    base.check(&mut d);
+    });
 }
 
 #[test]
@@ -305,12 +287,7 @@ fn a_connection_holds_no_more_descriptors_than_its_limit() {
         &["p0", "p1", "p2"],
         &["--mode", "learning", "--config", config.to_str().unwrap()],
     );
-    let (m1, m2) = (memory(), memory());
-    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
-    let mut c = attach(&d, "p2", &m2, GUEST_FEATURES, 2048, local_mac(3));
-    let mut seq = 0;
-    let base = Baseline::take(&d);
-    {
+    attack_p0(&mut d, |d, _b, _c, _seq, _base| {
         let mut fe = d.connect("p0");
         negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
         let efds: Vec<OwnedFd> = (0..6).map(|_| eventfd(libc::EFD_NONBLOCK)).collect();
@@ -325,11 +302,7 @@ fn a_connection_holds_no_more_descriptors_than_its_limit() {
         }
         assert_nack(fe.set_vring_err(1, Some(efds[5].as_raw_fd()), true));
         d.wait_log("5 descriptors held and 1 more sent exceed this port's limit of 5");
-        bystanders_forward(&mut b, &mut c, &mut seq);
-    }
-    base.check(&mut d);
-    p0_recovers(&d, &mut b, &mut seq);
-    base.check(&mut d);
+    });
 }
 
 #[test]
