@@ -15,18 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::pktgen::probe::round_trip_ns;
-use pmd::forward::{poll_tx, Context, Scratch};
+use pmd::forward::{poll_tx, Scratch};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::queue::{RingFeatures, RingRuntime};
-use pmd::snapshot::PortSnapshot;
-use pmd::stats::QueueStats;
-use pmd::switch::{Mode, Switch};
 use pmd::vring::{translate, RingAddrs};
 use vhost_kit::driver::net::{NetDriver, NetLayout, NetOptions};
 use vhost_kit::memory::{HugePages, SharedMemory};
 
+mod common;
+use common::{Xconnect, VERSION_1};
+
 const QSIZE: u16 = 256;
-const VERSION_1: u64 = 1 << 32;
 const PACKETS: u64 = 2_000_000;
 const GUEST_CORE: usize = 0;
 const SWITCH_CORE: usize = 1;
@@ -103,20 +102,7 @@ fn pin(core: usize) -> bool {
 /// packet).
 fn run(size: usize) -> (f64, f64) {
     let (a, b) = (Guest::new(), Guest::new());
-    let ports = vec![
-        Some(Arc::new(PortSnapshot {
-            features: VERSION_1,
-            rings: vec![None, Some(a.ring(1))],
-        })),
-        Some(Arc::new(PortSnapshot {
-            features: VERSION_1,
-            rings: vec![Some(b.ring(0)), None],
-        })),
-    ];
-    let stats: Vec<Vec<QueueStats>> = (0..2)
-        .map(|_| (0..2).map(|_| QueueStats::default()).collect())
-        .collect();
-    let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());
+    let xc = Xconnect::new(a.ring(1), b.ring(0));
     let done = AtomicBool::new(false);
     let received = AtomicU64::new(0);
     let frame = vec![0x5au8; size];
@@ -142,14 +128,8 @@ fn run(size: usize) -> (f64, f64) {
         });
         assert!(pin(SWITCH_CORE), "cannot pin the switch thread");
         let mut scratch = Scratch::default();
-        let ctx = Context {
-            ports: &ports,
-            switch: &switch,
-            stats: &stats,
-            now: 0,
-            max_frame: pmd::forward::DEFAULT_MAX_FRAME,
-        };
-        let tx = ports[0].as_ref().unwrap().rings[1].as_ref().unwrap();
+        let ctx = xc.context();
+        let tx = xc.tx();
         let start = Instant::now();
         while !done.load(Ordering::Acquire) {
             let t0 = pmd::cpu::cycles();
@@ -192,7 +172,7 @@ fn main() {
             let rtt = round_trip_ns(GUEST_CORE, SWITCH_CORE, 20_000, Duration::from_secs(5))
                 .unwrap_or(f64::NAN);
             let (mpps, cycles) = run(size);
-            let far = !(rtt < 100.0);
+            let far = rtt.is_nan() || rtt >= 100.0;
             println!(
                 "cross-core, {size} B, run {i}: {mpps:.2} Mpps, {cycles:.0} switch cycles/packet, round trip {rtt:.0} ns ({})",
                 if far { "far" } else { "near" }

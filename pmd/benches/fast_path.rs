@@ -11,20 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pmd::forward::{poll_tx, Context, Scratch, BURST};
+use pmd::forward::{poll_tx, Scratch, BURST};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::queue::{RingFeatures, RingRuntime};
-use pmd::snapshot::PortSnapshot;
-use pmd::stats::QueueStats;
-use pmd::switch::{Mode, Switch};
 use pmd::vring::{translate, RingAddrs};
+
+mod common;
+use common::{Xconnect, VERSION_1};
 
 const QSIZE: u16 = 256;
 const MEM: u64 = 2 << 20;
 const BUFS: u64 = 0x4000;
 const BUF_SIZE: u64 = 2048;
 const DESC_F_WRITE: u16 = 2;
-const VERSION_1: u64 = 1 << 32;
 
 /// One guest's memory with one ring laid out at offset 0.
 struct Guest {
@@ -104,29 +103,11 @@ fn bench_burst(c: &mut Criterion) {
                 &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1],
             );
         }
-        let ports = vec![
-            Some(Arc::new(PortSnapshot {
-                features: VERSION_1,
-                rings: vec![None, Some(a.ring(1))],
-            })),
-            Some(Arc::new(PortSnapshot {
-                features: VERSION_1,
-                rings: vec![Some(b.ring(0)), None],
-            })),
-        ];
-        let stats: Vec<Vec<QueueStats>> = (0..2)
-            .map(|_| (0..2).map(|_| QueueStats::default()).collect())
-            .collect();
-        let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());
+        let xc = Xconnect::new(a.ring(1), b.ring(0));
+        let stats = &xc.stats;
         let mut scratch = Scratch::default();
-        let ctx = Context {
-            ports: &ports,
-            switch: &switch,
-            stats: &stats,
-            now: 0,
-            max_frame: pmd::forward::DEFAULT_MAX_FRAME,
-        };
-        let tx = ports[0].as_ref().unwrap().rings[1].as_ref().unwrap();
+        let ctx = xc.context();
+        let tx = xc.tx();
         let mut idx = 0u16;
         let mut burst = || {
             idx = idx.wrapping_add(BURST);

@@ -142,18 +142,10 @@ pub fn write(mem: &GuestMemoryMap, segs: &[GuestRange], offset: u64, data: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{test_memfd, MappedRegion, RegionSpec};
-    use std::sync::Arc;
+    use crate::memory::test_map;
 
     fn map(size: u64) -> GuestMemoryMap {
-        let file = test_memfd(size);
-        let spec = RegionSpec {
-            guest_phys_addr: 0,
-            size,
-            user_addr: 0,
-            mmap_offset: 0,
-        };
-        GuestMemoryMap::new(vec![Arc::new(MappedRegion::map(spec, &file).unwrap())], 8).unwrap()
+        test_map(size, 0)
     }
 
     #[test]

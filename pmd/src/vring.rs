@@ -135,20 +135,10 @@ pub fn translate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::test_memfd;
-    use crate::memory::{MappedRegion, RegionSpec};
-    use std::sync::Arc;
+    use crate::memory::test_map;
 
     fn memory() -> GuestMemoryMap {
-        let file = test_memfd(0x10000);
-        let spec = RegionSpec {
-            guest_phys_addr: 0,
-            size: 0x10000,
-            user_addr: 0x4000_0000,
-            mmap_offset: 0,
-        };
-        let r = Arc::new(MappedRegion::map(spec, &file).unwrap());
-        GuestMemoryMap::new(vec![r], 8).unwrap()
+        test_map(0x10000, 0x4000_0000)
     }
 
     #[test]

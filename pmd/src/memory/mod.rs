@@ -26,3 +26,18 @@ pub use slice::GuestSlice;
 /// A memfd of `len` bytes, for tests of this crate.
 #[cfg(test)]
 pub(crate) use crate::mmap::test_memfd;
+
+/// A map of one `size`-byte region at guest-physical address 0 and front-end address
+/// `user_addr`, backed by a fresh memfd, for tests of this crate.
+#[cfg(test)]
+pub(crate) fn test_map(size: u64, user_addr: u64) -> GuestMemoryMap {
+    let file = test_memfd(size);
+    let spec = RegionSpec {
+        guest_phys_addr: 0,
+        size,
+        user_addr,
+        mmap_offset: 0,
+    };
+    let region = std::sync::Arc::new(MappedRegion::map(spec, &file).expect("map a test region"));
+    GuestMemoryMap::new(vec![region], 8).expect("a one-region map")
+}

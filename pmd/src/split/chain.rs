@@ -288,22 +288,12 @@ fn visit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{test_memfd, MappedRegion, RegionSpec};
+    use crate::memory::test_map;
     use crate::vring::{translate, RingAddrs};
-    use std::sync::Arc;
 
     /// A chain of `count` descriptors, each covering `buf_len` bytes at `buf_gpa`.
     fn chain_of(count: u16, buf_gpa: u64, buf_len: u32) -> (GuestMemoryMap, RingAddrs) {
-        let size = buf_gpa + u64::from(buf_len);
-        let file = test_memfd(size);
-        let spec = RegionSpec {
-            guest_phys_addr: 0,
-            size,
-            user_addr: 0,
-            mmap_offset: 0,
-        };
-        let mem = GuestMemoryMap::new(vec![Arc::new(MappedRegion::map(spec, &file).unwrap())], 8)
-            .unwrap();
+        let mem = test_map(buf_gpa + u64::from(buf_len), 0);
         let desc = mem
             .slice(&mem.translate_gpa(0, 16 * u64::from(count)).unwrap())
             .unwrap();

@@ -211,21 +211,12 @@ impl Descriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{test_memfd, MappedRegion, RegionSpec};
+    use crate::memory::test_map;
     use crate::vring::{translate, RingAddrs};
-    use std::sync::Arc;
 
     #[test]
     fn reads_and_writes_the_fields_where_the_spec_puts_them() {
-        let file = test_memfd(0x4000);
-        let spec = RegionSpec {
-            guest_phys_addr: 0,
-            size: 0x4000,
-            user_addr: 0x1000_0000,
-            mmap_offset: 0,
-        };
-        let mem = GuestMemoryMap::new(vec![Arc::new(MappedRegion::map(spec, &file).unwrap())], 8)
-            .unwrap();
+        let mem = test_map(0x4000, 0x1000_0000);
         let addrs = RingAddrs {
             desc: 0x1000_0000,
             avail: 0x1000_1000,
