@@ -190,6 +190,18 @@ fn run(args: RunArgs) -> Result<()> {
         max_learned_macs: args.max_learned_macs,
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
+    for p in &config.ports {
+        // Kick, call and error eventfds for every ring of every queue pair.
+        let ring_fds = 6 * usize::from(p.queue_pairs);
+        if config.max_fds_per_connection < ring_fds {
+            tracing::warn!(
+                port = %p.name,
+                max_fds_per_connection = config.max_fds_per_connection,
+                ring_fds,
+                "a front-end that sets kick, call and err for every ring will be refused"
+            );
+        }
+    }
     let shutdown = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
     watch_signals(shutdown.try_clone().context("eventfd")?)?;
     // PMD threads first: a thread inherits its creator's CPU mask, and the control thread

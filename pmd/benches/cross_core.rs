@@ -90,12 +90,16 @@ fn duplicate(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     borrowed.try_clone_to_owned().unwrap()
 }
 
+/// The machine's cores, read once before any thread is pinned (a pinned thread sees only
+/// its own core, and threads inherit their creator's mask).
+static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+
 fn pin(core: usize) -> bool {
-    core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
+    CORES
+        .get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+        .iter()
         .find(|c| c.id == core)
-        .is_some_and(core_affinity::set_for_current)
+        .is_some_and(|&c| core_affinity::set_for_current(c))
 }
 
 /// One run: `PACKETS` frames of `size` bytes from A to B. Returns (Mpps, switch cycles per
@@ -106,9 +110,8 @@ fn run(size: usize) -> (f64, f64) {
     let done = AtomicBool::new(false);
     let received = AtomicU64::new(0);
     let frame = vec![0x5au8; size];
-    let (mut busy, mut moved) = (0u64, 0u64);
-    let elapsed = std::thread::scope(|s| {
-        let (done, received, frame) = (&done, &received, &frame);
+    let (elapsed, busy, moved) = std::thread::scope(|s| {
+        let (done, received, frame, xc) = (&done, &received, &frame, &xc);
         let (a, b) = (&a, &b);
         s.spawn(move || {
             assert!(pin(GUEST_CORE), "cannot pin the guest thread");
@@ -126,20 +129,27 @@ fn run(size: usize) -> (f64, f64) {
             }
             done.store(true, Ordering::Release);
         });
-        assert!(pin(SWITCH_CORE), "cannot pin the switch thread");
-        let mut scratch = Scratch::default();
-        let ctx = xc.context();
-        let tx = xc.tx();
-        let start = Instant::now();
-        while !done.load(Ordering::Acquire) {
-            let t0 = pmd::cpu::cycles();
-            let n = poll_tx(&mut scratch, &ctx, 0, tx);
-            if n > 0 {
-                busy += pmd::cpu::cycles() - t0;
-                moved += u64::from(n);
+        // The switch runs in a thread of its own: the caller stays unpinned, so that the
+        // next run's probe can still pin to both cores.
+        s.spawn(move || {
+            assert!(pin(SWITCH_CORE), "cannot pin the switch thread");
+            let mut scratch = Scratch::default();
+            let ctx = xc.context();
+            let tx = xc.tx();
+            let (mut busy, mut moved) = (0u64, 0u64);
+            let start = Instant::now();
+            while !done.load(Ordering::Acquire) {
+                let t0 = pmd::cpu::cycles();
+                let n = poll_tx(&mut scratch, &ctx, 0, tx);
+                if n > 0 {
+                    busy += pmd::cpu::cycles() - t0;
+                    moved += u64::from(n);
+                }
             }
-        }
-        start.elapsed()
+            (start.elapsed(), busy, moved)
+        })
+        .join()
+        .expect("switch thread")
     });
     let delivered = received.load(Ordering::Relaxed);
     (
@@ -158,7 +168,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    if core_affinity::get_core_ids().map_or(0, |c| c.len()) < 2 {
+    if CORES
+        .get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+        .len()
+        < 2
+    {
         println!("cross_core: needs two cores, skipped");
         return;
     }
@@ -169,8 +183,14 @@ fn main() {
     for size in [64usize, 1500] {
         let mut classes: [(Vec<f64>, Vec<f64>); 2] = Default::default();
         for i in 0..runs {
-            let rtt = round_trip_ns(GUEST_CORE, SWITCH_CORE, 20_000, Duration::from_secs(5))
-                .unwrap_or(f64::NAN);
+            // The probe pins the thread it runs on: not this one.
+            let rtt = std::thread::spawn(|| {
+                round_trip_ns(GUEST_CORE, SWITCH_CORE, 20_000, Duration::from_secs(5))
+            })
+            .join()
+            .ok()
+            .flatten()
+            .unwrap_or(f64::NAN);
             let (mpps, cycles) = run(size);
             let far = rtt.is_nan() || rtt >= 100.0;
             println!(

@@ -29,6 +29,7 @@ pub mod memory;
 mod mmap;
 pub mod net;
 pub mod queue;
+pub mod ring;
 pub mod snapshot;
 pub mod split;
 pub mod stats;

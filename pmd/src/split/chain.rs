@@ -99,6 +99,16 @@ impl Segments {
             .min(self.segs.capacity());
     }
 
+    /// Drops the segments from index `len` on (a chain that was refused).
+    pub fn truncate(&mut self, len: usize) {
+        self.segs.truncate(len);
+    }
+
+    /// Segments that still fit.
+    pub fn room(&self) -> usize {
+        self.segs.capacity() - self.segs.len()
+    }
+
     /// Segments held.
     pub fn len(&self) -> usize {
         self.segs.len()
