@@ -178,7 +178,7 @@ pub const DEFAULT_FDB_AGING_SECS: u64 = 300;
 pub const DEFAULT_MAX_MEM_SLOTS: u32 = 32;
 /// File descriptors one message may carry by default: SET_MEM_TABLE's 8 regions are the
 /// most any vhost-user message needs.
-pub const DEFAULT_MAX_FDS_PER_MESSAGE: usize = 8;
+pub const DEFAULT_MAX_FDS_PER_MESSAGE: usize = crate::vhost_user::wire::DEFAULT_MAX_FDS_PER_MESSAGE;
 /// File descriptors one connection may make the switch hold by default.
 pub const DEFAULT_MAX_FDS_PER_CONNECTION: usize = 128;
 /// MACs the FDB learns per port by default (the table has 4096 slots).

@@ -250,11 +250,12 @@ fn take<R: DeviceRing>(
             Err(e) => {
                 scratch.src.truncate(start);
                 t.segs = (start, start);
-                t.verdict = Verdict::Drop(if e == ChainError::TooManyBytes {
+                let reason = if e == ChainError::TooManyBytes {
                     DropReason::TooLong
                 } else {
                     DropReason::BadDescriptor
-                });
+                };
+                t.verdict = Verdict::Drop(reason);
                 if e != ChainError::TooManyBytes && tx.shared.first_error() {
                     tracing::warn!(
                         port = source.port,
@@ -263,7 +264,7 @@ fn take<R: DeviceRing>(
                         "bad TX descriptor chain dropped: {e} (further ones counted, not logged)"
                     );
                 }
-                stats.drop(t.verdict_reason());
+                stats.drop(reason);
             }
         }
     }
@@ -271,13 +272,6 @@ fn take<R: DeviceRing>(
 }
 
 impl Taken {
-    fn verdict_reason(&self) -> DropReason {
-        match self.verdict {
-            Verdict::Drop(r) => r,
-            _ => DropReason::BadDescriptor,
-        }
-    }
-
     fn frame_len(&self, header_len: u64) -> u64 {
         self.len - header_len
     }

@@ -80,8 +80,8 @@ impl Default for Limits {
         Limits {
             max_mem_slots: 32,
             max_memory: 64 << 30,
-            max_fds_per_message: 8,
-            max_fds_per_connection: 128,
+            max_fds_per_message: super::wire::DEFAULT_MAX_FDS_PER_MESSAGE,
+            max_fds_per_connection: crate::config::DEFAULT_MAX_FDS_PER_CONNECTION,
             require_sealed_memory: false,
         }
     }
