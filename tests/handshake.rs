@@ -328,10 +328,21 @@ fn r4_unoffered_features_are_refused() {
     let d = Daemon::start(&["p0"], &[]);
     let mut fe = d.connect("p0");
     negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
-    // RING_PACKED (34) is not offered until packed rings exist; bit 63 is unknown.
-    assert_nack(fe.set_features(VERSION_1 | BIT30 | (1 << 34), true));
+    // CSUM (0) is not offered (no offloads yet); bit 63 is unknown.
+    assert_nack(fe.set_features(VERSION_1 | BIT30 | 1, true));
     assert_nack(fe.set_features(VERSION_1 | (1 << 63), true));
-    d.wait_log("features 0x400000000 were not offered");
+    d.wait_log("features 0x1 were not offered");
+}
+
+#[test]
+fn r4_a_packed_ring_needs_version_1() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    assert_nack(fe.set_features(BIT30 | RING_PACKED, true));
+    d.wait_log("feature bit 34 requires one of bits [32]");
+    fe.set_features(VERSION_1 | BIT30 | RING_PACKED | IN_ORDER, true)
+        .unwrap();
 }
 
 #[test]
@@ -359,6 +370,29 @@ fn r4_set_features_never_disables_rings() {
     fe.setup_vring(0, &guest.rings[0], 0, 0, None, None, true)
         .unwrap();
     d.wait_log("ring started port=p0 ring=0 size=256 base=0 enabled=true");
+}
+
+/// A packed ring's SET_VRING_BASE is a position below the ring size with the wrap
+/// counter in bit 15; GET_VRING_BASE gives back the avail position and wrap counter, and
+/// the used ones in bits 16-31 (what QEMU reads).
+#[test]
+fn r7_packed_ring_base_is_a_position_and_a_wrap_counter() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30 | RING_PACKED);
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()], true).unwrap();
+    let beyond = 0x8000 | u32::from(QUEUE_SIZE);
+    assert_nack(fe.setup_vring(0, &guest.rings[0], beyond, 0, None, None, true));
+    d.wait_log("a packed ring's position must be below its size");
+    fe.setup_vring(1, &guest.rings[1], 0x8005, 0, None, None, true)
+        .unwrap();
+    assert_eq!(fe.get_vring_base(1).unwrap(), 0x8005_8005);
+    // Stopped, it reports the same again and restarts where it stopped.
+    assert_eq!(fe.get_vring_base(1).unwrap(), 0x8005_8005);
+    fe.setup_vring(1, &guest.rings[1], 0x8005_8005, 0, None, None, true)
+        .unwrap();
+    d.wait_log("ring started port=p0 ring=1 size=256 base=2147844101");
 }
 
 // ---- R5: FEATURES_OK ----

@@ -416,35 +416,61 @@ fn dpdk_io_forwarding_without_mrg_rxbuf() {
     traffic_case("xconnect", ",mrg_rxbuf=0");
 }
 
-#[test]
-fn dpdk_io_forwarding_with_in_order_requested() {
-    // IN_ORDER is not offered: virtio_user must work without it.
-    traffic_case("xconnect", ",in_order=1");
+/// The feature sets the switch logged as acked, one per port.
+fn acked_features(d: &Daemon) -> Vec<u64> {
+    d.log()
+        .lines()
+        .filter(|l| l.contains("features acked"))
+        .filter_map(|l| l.split("features=0x").nth(1))
+        .filter_map(|v| u64::from_str_radix(v.split_whitespace().next().unwrap_or(""), 16).ok())
+        .collect()
 }
 
-#[test]
-fn dpdk_packed_ring_request_falls_back_to_split() {
+/// io forwarding through the switch with the ring layout and options `vdev_extra` asks
+/// for; checks conservation and that both ports negotiated `layout_bits` exactly.
+fn negotiated_case(vdev_extra: &str, layout_bits: u64) {
     let _serial = serial();
     if !testpmd_available() {
         return;
     }
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
-    let out = testpmd_loop(&d, ",packed_vq=1", 2);
-    check_conservation(&d, &parse_accumulated(&out));
-    // RING_PACKED (bit 34) is not offered, so virtio_user acks a split-ring set.
-    let log = d.log();
-    let acked: Vec<u64> = log
-        .lines()
-        .filter(|l| l.contains("features acked"))
-        .filter_map(|l| l.split("features=0x").nth(1))
-        .filter_map(|v| u64::from_str_radix(v.split_whitespace().next().unwrap_or(""), 16).ok())
-        .collect();
-    assert_eq!(acked.len(), 2, "{log}");
+    let out = testpmd_loop(&d, vdev_extra, 3);
+    let tp = parse_accumulated(&out);
+    let moved = check_conservation(&d, &tp);
+    eprintln!("xconnect{vdev_extra}: testpmd received {moved} packets in 3 s; {tp:?}");
+    let acked = acked_features(&d);
+    assert_eq!(acked.len(), 2, "{}", d.log());
+    let mask = (1 << 34) | (1 << 35);
     for f in acked {
-        assert_eq!(f & (1 << 34), 0, "RING_PACKED negotiated: {f:#x}");
+        assert_eq!(f & mask, layout_bits, "{vdev_extra}: acked {f:#x}");
         assert_ne!(f & (1 << 32), 0, "VERSION_1 missing: {f:#x}");
     }
     assert_no_rejection(&d);
+}
+
+#[test]
+fn dpdk_split_ring_in_order() {
+    negotiated_case(",in_order=1", 1 << 35);
+}
+
+#[test]
+fn dpdk_packed_ring() {
+    negotiated_case(",packed_vq=1,in_order=0", 1 << 34);
+}
+
+#[test]
+fn dpdk_packed_ring_without_mrg_rxbuf() {
+    negotiated_case(",packed_vq=1,in_order=0,mrg_rxbuf=0", 1 << 34);
+}
+
+#[test]
+fn dpdk_packed_ring_in_order() {
+    negotiated_case(",packed_vq=1,in_order=1", (1 << 34) | (1 << 35));
+}
+
+#[test]
+fn dpdk_packed_ring_in_order_without_mrg_rxbuf() {
+    negotiated_case(",packed_vq=1,in_order=1,mrg_rxbuf=0", (1 << 34) | (1 << 35));
 }
 
 fn hugepages_available() -> bool {

@@ -194,6 +194,8 @@ struct VmSpec {
     mac: &'static str,
     hugepages: bool,
     monitor: bool,
+    /// `packed=on`: the guest drives packed rings.
+    packed: bool,
     args: Vec<String>,
 }
 
@@ -206,6 +208,7 @@ impl VmSpec {
             mac,
             hugepages: false,
             monitor: false,
+            packed: false,
             args: args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -219,6 +222,10 @@ impl VmSpec {
     }
     fn monitor(mut self) -> VmSpec {
         self.monitor = true;
+        self
+    }
+    fn packed(mut self, packed: bool) -> VmSpec {
+        self.packed = packed;
         self
     }
 }
@@ -306,8 +313,9 @@ impl Vm {
                 "-device",
                 // vectors=0: QEMU 7.2 under TCG segfaults at DRIVER_OK with MSI-X here.
                 &format!(
-                    "virtio-net-pci,netdev=n0,mac={},vectors=0,romfile=",
-                    spec.mac
+                    "virtio-net-pci,netdev=n0,mac={},vectors=0,romfile={}",
+                    spec.mac,
+                    if spec.packed { ",packed=on" } else { "" }
                 ),
                 "-serial",
                 &format!("file:{}", serial.display()),
@@ -796,37 +804,72 @@ fn switch_args(mode: &str, ports: &[(&str, &str, &Path)]) -> Vec<String> {
 /// QEMU's whole message sequence (start and stop) is accepted.
 #[test]
 fn qemu_two_guests_ping_both_ways_and_tcp_transfer() {
+    two_guests_case(
+        "two guests: ping both ways, TCP transfer, FDB",
+        [false, false],
+    );
+}
+
+/// A guest on packed rings and one on split rings: the switch copies between the layouts.
+#[test]
+fn qemu_packed_guest_and_split_guest_ping_and_tcp() {
+    two_guests_case(
+        "a packed-ring guest and a split-ring guest: ping, TCP transfer",
+        [true, false],
+    );
+}
+
+/// Whether the features a port's front-end acked hold RING_PACKED, from the switch's log.
+fn acked_packed(c: &Case, port: &str) -> Option<bool> {
+    let needle = format!("port={port}");
+    c.switch()
+        .log()
+        .lines()
+        .rev()
+        .filter(|l| l.contains("features acked") && l.contains(&needle))
+        .filter_map(|l| l.split("features=0x").nth(1))
+        .find_map(|v| u64::from_str_radix(v.split_whitespace().next().unwrap_or(""), 16).ok())
+        .map(|f| f & (1 << 34) != 0)
+}
+
+fn two_guests_case(title: &str, packed: [bool; 2]) {
     let _serial = serial();
     let Some(image) = image() else { return };
     let d = Daemon::start(&["p0", "p1"], &["--mode", "learning"]);
-    let mut c = Case::new("two guests: ping both ways, TCP transfer, FDB", image, d);
+    let mut c = Case::new(title, image, d);
     let size = format!("vs.size={TCP_MIB}");
-    let a = c.boot(VmSpec::new(
-        "vm-a",
-        c.sock("p0"),
-        MACS[0],
-        &[
-            "vs.mode=ping+tcp-recv",
-            "vs.ip=10.0.0.1/24",
-            "vs.peer=10.0.0.2",
-            &size,
-            "vs.timeout=300",
-            LINGER,
-        ],
-    ));
-    let b = c.boot(VmSpec::new(
-        "vm-b",
-        c.sock("p1"),
-        MACS[1],
-        &[
-            "vs.mode=ping+tcp-send",
-            "vs.ip=10.0.0.2/24",
-            "vs.peer=10.0.0.1",
-            &size,
-            "vs.timeout=300",
-            LINGER,
-        ],
-    ));
+    let a = c.boot(
+        VmSpec::new(
+            "vm-a",
+            c.sock("p0"),
+            MACS[0],
+            &[
+                "vs.mode=ping+tcp-recv",
+                "vs.ip=10.0.0.1/24",
+                "vs.peer=10.0.0.2",
+                &size,
+                "vs.timeout=300",
+                LINGER,
+            ],
+        )
+        .packed(packed[0]),
+    );
+    let b = c.boot(
+        VmSpec::new(
+            "vm-b",
+            c.sock("p1"),
+            MACS[1],
+            &[
+                "vs.mode=ping+tcp-send",
+                "vs.ip=10.0.0.2/24",
+                "vs.peer=10.0.0.1",
+                &size,
+                "vs.timeout=300",
+                LINGER,
+            ],
+        )
+        .packed(packed[1]),
+    );
     for vm in [a, b] {
         let r = c.result(vm, "ping", 180);
         c.ensure(is(&r, "received", "3/3"), || format!("lost pings: {r:?}"));
@@ -844,6 +887,12 @@ fn qemu_two_guests_ping_both_ways_and_tcp_transfer() {
         recv.get("secs").map_or("?", String::as_str)
     ));
     c.check_fdb(&[(MACS[0], "p0"), (MACS[1], "p1")]);
+    for (port, packed) in [("p0", packed[0]), ("p1", packed[1])] {
+        let acked = acked_packed(&c, port);
+        c.ensure(acked == Some(packed), || {
+            format!("{port}: RING_PACKED acked {acked:?}, the guest asked packed={packed}")
+        });
+    }
     let frames = c.counter("p0", "tx_packets");
     c.ensure(frames >= u64::from(TCP_MIB) * 1024 * 1024 / 1514, || {
         format!("p0 delivered only {frames} frames for {TCP_MIB} MiB")
@@ -992,7 +1041,7 @@ fn qemu_guest_restart_on_the_same_port() {
 
 /// The switch dies (SIGKILL) under a guest pinging another and comes back on the same
 /// sockets; both guests keep running (no reboot) and the pings resume.
-fn switch_restart_case(qemu_server: bool) {
+fn switch_restart_case(qemu_server: bool, packed: bool) {
     let _serial = serial();
     let Some(image) = image() else { return };
     let (mut c, args) = if qemu_server {
@@ -1042,7 +1091,8 @@ fn switch_restart_case(qemu_server: bool) {
             MACS[0],
             &["vs.mode=link", "vs.ip=10.0.0.1/24", LINGER],
         )
-        .role(role),
+        .role(role)
+        .packed(packed),
     );
     let b = c.boot(
         VmSpec::new(
@@ -1057,7 +1107,8 @@ fn switch_restart_case(qemu_server: bool) {
                 "vs.timeout=120",
             ],
         )
-        .role(role),
+        .role(role)
+        .packed(packed),
     );
     if qemu_server {
         c.wait("QEMU's sockets", 30, |_| socks.iter().all(|s| s.exists()));
@@ -1163,12 +1214,18 @@ fn switch_restart_case(qemu_server: bool) {
 
 #[test]
 fn qemu_client_reconnects_after_switch_restart() {
-    switch_restart_case(false);
+    switch_restart_case(false, false);
 }
 
 #[test]
 fn qemu_server_is_reconnected_by_restarted_switch() {
-    switch_restart_case(true);
+    switch_restart_case(true, false);
+}
+
+/// Packed rings resume at the position and wrap counter QEMU kept across the restart.
+#[test]
+fn qemu_packed_guests_reconnect_after_switch_restart() {
+    switch_restart_case(false, true);
 }
 
 /// Guest RAM on hugetlbfs (memory-backend-file on /dev/hugepages): the switch maps it,
@@ -1229,16 +1286,29 @@ fn qemu_guests_on_hugepages() {
 /// Pings must resume after `cont`.
 #[test]
 fn qemu_pause_and_resume_keeps_traffic() {
+    pause_resume_case("QEMU monitor stop/cont under pings", false);
+}
+
+/// GET_VRING_BASE and SET_VRING_BASE carry a packed ring's position and wrap counter.
+#[test]
+fn qemu_packed_pause_and_resume_keeps_traffic() {
+    pause_resume_case("QEMU monitor stop/cont under pings, packed rings", true);
+}
+
+fn pause_resume_case(title: &str, packed: bool) {
     let _serial = serial();
     let Some(image) = image() else { return };
     let d = Daemon::start(&["p0", "p1"], &["--mode", "learning"]);
-    let mut c = Case::new("QEMU monitor stop/cont under pings", image, d);
-    c.boot(VmSpec::new(
-        "vm-a",
-        c.sock("p0"),
-        MACS[0],
-        &["vs.mode=link", "vs.ip=10.0.0.1/24", LINGER],
-    ));
+    let mut c = Case::new(title, image, d);
+    c.boot(
+        VmSpec::new(
+            "vm-a",
+            c.sock("p0"),
+            MACS[0],
+            &["vs.mode=link", "vs.ip=10.0.0.1/24", LINGER],
+        )
+        .packed(packed),
+    );
     let b = c.boot(
         VmSpec::new(
             "vm-b",
@@ -1251,7 +1321,8 @@ fn qemu_pause_and_resume_keeps_traffic() {
                 "vs.count=100000",
             ],
         )
-        .monitor(),
+        .monitor()
+        .packed(packed),
     );
     let oks = |c: &Case, from: usize| {
         ping_lines(&c.vms[b])

@@ -1,6 +1,7 @@
 //! The data plane's fast path on guest memory the fuzzer writes: descriptor-chain walking
-//! (loops, indirect tables, bad lengths and addresses, index jumps), dequeue from a guest
-//! TX ring, the switch decision, and enqueue into another guest's RX ring (MRG_RXBUF or
+//! (loops, indirect tables, bad lengths and addresses, index jumps, packed wrap counters
+//! and flags), dequeue from a guest TX ring, the switch decision, and enqueue into another
+//! guest's RX ring (split or packed, each side on its own; MRG_RXBUF or not; IN_ORDER or
 //! not). Oracle: no panic, no access outside the mapped memory (AddressSanitizer plus the
 //! walker's checks), and conservation: every chain taken is forwarded or dropped for one
 //! reason, and every frame forwarded is delivered or dropped for one reason.
@@ -17,7 +18,7 @@ use pmd::queue::{RingFeatures, RingRuntime};
 use pmd::snapshot::PortSnapshot;
 use pmd::stats::{QueueStats, QueueTotals};
 use pmd::switch::{Mode, Switch};
-use pmd::vring::{translate, RingAddrs};
+use pmd::vring::{translate, Layout, RingAddrs};
 
 const MEM: u64 = 64 << 10;
 
@@ -43,20 +44,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let size = 1u16 << (data[0] % 9);
-    let f = data[1];
-    let features = (u64::from(f & 1) << 32) | (u64::from(f >> 1 & 1) << 15) | (u64::from(f >> 2 & 1) << 29) | (u64::from(f >> 3 & 1) << 28);
+    // VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, RING_PACKED, IN_ORDER per port.
+    let features_of = |f: u8| {
+        [(0, 32), (1, 15), (2, 29), (3, 28), (4, 34), (5, 35)]
+            .iter()
+            .fold(0u64, |acc, &(from, to)| acc | u64::from(f >> from & 1) << to)
+    };
+    let (fa, fb) = (features_of(data[1]), features_of(data[2] >> 2));
     let rounds = 1 + data[2] % 8;
     let split = 3 + (data.len() - 3) / 2;
     let (a, b) = (guest(&data[3..split]), guest(&data[split..]));
     let addrs = RingAddrs { desc: 0, avail: 0x1000, used: 0x2000 };
-    let event_idx = features & (1 << 29) != 0;
-    let ring = |mem: &Arc<GuestMemoryMap>, index: u16| {
-        let t = translate(mem, size, addrs, event_idx).unwrap();
-        RingRuntime::start(index, 0, t, mem.clone(), RingFeatures::from_features(features), true, None)
+    let ring = |mem: &Arc<GuestMemoryMap>, index: u16, features: u64| {
+        let layout = Layout::from_features(features);
+        let t = translate(mem, size, addrs, layout).unwrap();
+        // Packed rings start where front-ends start them: position 0, wrap counter set.
+        let base = if layout == Layout::Packed { 0x8000 } else { 0 };
+        RingRuntime::start(index, base, t, mem.clone(), RingFeatures::from_features(features), true, None)
     };
     let ports = vec![
-        Some(Arc::new(PortSnapshot { features, rings: vec![None, Some(ring(&a, 1))] })),
-        Some(Arc::new(PortSnapshot { features, rings: vec![Some(ring(&b, 0)), None] })),
+        Some(Arc::new(PortSnapshot { features: fa, rings: vec![None, Some(ring(&a, 1, fa))] })),
+        Some(Arc::new(PortSnapshot { features: fb, rings: vec![Some(ring(&b, 0, fb)), None] })),
     ];
     let stats: Vec<Vec<QueueStats>> = (0..2).map(|_| (0..2).map(|_| QueueStats::default()).collect()).collect();
     let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());

@@ -18,7 +18,7 @@ use bench::pktgen::probe::round_trip_ns;
 use pmd::forward::{poll_tx, Scratch};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::queue::{RingFeatures, RingRuntime};
-use pmd::vring::{translate, RingAddrs};
+use pmd::vring::{translate, Layout, RingAddrs};
 use vhost_kit::driver::net::{NetDriver, NetLayout, NetOptions};
 use vhost_kit::memory::{HugePages, SharedMemory};
 
@@ -69,7 +69,7 @@ impl Guest {
             avail: a.available,
             used: a.used,
         };
-        let t = translate(&self.map, QSIZE, addrs, false).unwrap();
+        let t = translate(&self.map, QSIZE, addrs, Layout::Split { event_idx: false }).unwrap();
         RingRuntime::start(
             index,
             0,

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use pmd::forward::{poll_tx, Scratch, BURST};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::queue::{RingFeatures, RingRuntime};
-use pmd::vring::{translate, RingAddrs};
+use pmd::vring::{translate, Layout, RingAddrs};
 
 mod common;
 use common::{Xconnect, VERSION_1};
@@ -77,7 +77,13 @@ impl Guest {
             avail: 0x1000,
             used: 0x2000,
         };
-        let t = translate(&self.memory, QSIZE, addrs, false).unwrap();
+        let t = translate(
+            &self.memory,
+            QSIZE,
+            addrs,
+            Layout::Split { event_idx: false },
+        )
+        .unwrap();
         RingRuntime::start(
             index,
             0,

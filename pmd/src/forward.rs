@@ -18,8 +18,8 @@
 //!    publish once, notify once;
 //! 5. **complete**: return the TX chains, publish once, notify once.
 //!
-//! The stages drive rings only through [`DeviceRing`], so a ring layout (split today,
-//! packed next) plugs in without touching them. Nothing here allocates or blocks: scratch
+//! The stages drive rings only through [`DeviceRing`], generic over the ring layout (split
+//! or packed): the single copy does not care which layout either side uses. Nothing here allocates or blocks: scratch
 //! space is preallocated per PMD, counters are single-writer, and the only synchronisation
 //! is each ring's busy flag (uncontended with one PMD). Guest memory is reached only
 //! through [`crate::memory`] views and the [`crate::copy`] engine; headers through the
@@ -28,13 +28,13 @@
 
 use std::sync::Arc;
 
+use crate::chain::{ChainError, Direction, Segments};
 use crate::copy;
 use crate::memory::GuestMemoryMap;
 use crate::net::{EthernetHeader, VirtioNetHdr};
-use crate::queue::{broken, Cursor, RingRuntime};
+use crate::queue::{broken, Cursor, RingRuntime, RingView};
 use crate::ring::{ChainHead, DeviceRing};
 use crate::snapshot::PortSnapshot;
-use crate::split::chain::{ChainError, Direction, Segments};
 use crate::stats::{DropReason, QueueStats};
 use crate::switch::{Destination, Switch};
 
@@ -145,13 +145,32 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
     if tx.shared.broken() != 0 {
         return 0;
     }
-    let ring_index = usize::from(tx.shared.index());
-    let Some(ring) = tx.ring() else {
-        stop_ring(tx, broken::NO_MEMORY, src_port);
-        return 0;
-    };
     let cur = guard.cursor();
-    let pending = match ring.available(cur) {
+    let n = match tx.ring() {
+        Some(RingView::Split(ring)) => forward_burst(scratch, ctx, src_port, tx, &ring, cur),
+        Some(RingView::Packed(ring)) => forward_burst(scratch, ctx, src_port, tx, &ring, cur),
+        None => {
+            stop_ring(tx, broken::NO_MEMORY, src_port);
+            0
+        }
+    };
+    if n > 0 {
+        guard.publish_position();
+    }
+    n
+}
+
+/// The stages over one burst of TX ring `tx`, whatever its layout.
+fn forward_burst<R: DeviceRing>(
+    scratch: &mut Scratch,
+    ctx: &Context<'_>,
+    src_port: usize,
+    tx: &RingRuntime,
+    ring: &R,
+    cur: &mut Cursor,
+) -> u32 {
+    let ring_index = usize::from(tx.shared.index());
+    let bound = match ring.poll(cur, BURST) {
         Ok(0) => return 0,
         Ok(n) => n,
         Err(why) => {
@@ -166,22 +185,28 @@ pub fn poll_tx(scratch: &mut Scratch, ctx: &Context<'_>, src_port: usize, tx: &R
         header_len: u64::from(tx.features.header_len),
     };
     let stats = &ctx.stats[src_port][ring_index];
-    let n = take(scratch, &ring, tx, cur, pending.min(BURST), &source, stats);
+    let n = take(scratch, ring, tx, cur, bound, &source, stats);
     if n == 0 {
         return 0;
     }
     classify(scratch, ctx, tx, n, &source, stats);
     deliver(scratch, ctx, n, &source);
     // Complete: TX buffers are only read, so every used length is 0.
-    for t in &scratch.taken[..n] {
-        ring.push_used(cur, t.head, 0);
+    if tx.features.in_order {
+        let descriptors = scratch.taken[..n]
+            .iter()
+            .map(|t| t.head.descriptors)
+            .fold(0u16, u16::wrapping_add);
+        ring.push_used_in_order(cur, scratch.taken[n - 1].head, n as u16, descriptors);
+    } else {
+        for t in &scratch.taken[..n] {
+            ring.push_used(cur, t.head, 0);
+        }
     }
-    ring.consume(cur, n as u16);
     ring.suppress_kicks_after(cur, tx.features.event_idx);
     if ring.publish_used(cur, tx.features.event_idx) {
         tx.notify();
     }
-    guard.publish_last_avail();
     stats.packets.add(n as u64);
     n as u32
 }
@@ -192,56 +217,57 @@ fn stop_ring(rt: &RingRuntime, why: u8, port: usize) {
         let what = match why {
             broken::AVAIL_JUMP => "avail index jumped beyond the ring size",
             broken::BAD_HEAD => "avail entry names a descriptor outside the table",
+            broken::ENDLESS_CHAIN => "descriptor chain longer than the ring",
             _ => "ring not in its memory map",
         };
         tracing::error!(port, ring = rt.shared.index(), "{what}: ring stopped");
     }
 }
 
-/// Stages 1 and 2: the burst's heads (descriptors prefetched), then every chain walked
-/// (first data lines prefetched). Returns how many chains the burst takes: fewer than
-/// `burst` at a bad head (the ring is stopped there) or when segment space runs out (the
-/// rest wait for the next burst).
+/// Stages 1 and 2: up to `bound` chains taken and walked (their descriptors were
+/// prefetched by the poll), each frame's first data line prefetched. Returns how many
+/// chains the burst takes: fewer than `bound` when the driver made fewer available, at a
+/// broken ring (stopped there) or when segment space runs out (the rest wait for the next
+/// burst).
 fn take<R: DeviceRing>(
     scratch: &mut Scratch,
     ring: &R,
     tx: &RingRuntime,
-    cur: &Cursor,
-    burst: u16,
+    cur: &mut Cursor,
+    bound: u16,
     source: &Source<'_>,
     stats: &QueueStats,
 ) -> usize {
-    let mut n = 0;
-    for k in 0..burst {
-        match ring.head(cur, k) {
-            Ok(head) => {
-                scratch.taken[n] = Taken {
-                    head,
-                    ..Taken::default()
-                };
-                n += 1;
-            }
-            Err(why) => {
-                stop_ring(tx, why, source.port);
-                break;
-            }
-        }
-    }
     scratch.src.clear();
-    for k in 0..n {
-        if k > 0 && scratch.src.room() < MAX_CHAIN_SEGMENTS {
-            return k;
+    let mut n = 0;
+    while n < usize::from(bound) {
+        if n > 0 && scratch.src.room() < MAX_CHAIN_SEGMENTS {
+            break;
         }
         let start = scratch.src.len();
         scratch.src.begin_chain(MAX_CHAIN_SEGMENTS);
-        let t = &mut scratch.taken[k];
-        match ring.walk(
+        let chain = match ring.take(
+            cur,
             source.memory,
-            t.head,
             Direction::Readable,
             tx.features.indirect,
             &mut scratch.src,
         ) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break,
+            Err(why) => {
+                scratch.src.truncate(start);
+                stop_ring(tx, why, source.port);
+                break;
+            }
+        };
+        let t = &mut scratch.taken[n];
+        *t = Taken {
+            head: chain.head,
+            ..Taken::default()
+        };
+        n += 1;
+        match chain.walked {
             Ok(()) => {
                 t.segs = (start, scratch.src.len());
                 t.len = scratch.src.total_len();
@@ -260,7 +286,7 @@ fn take<R: DeviceRing>(
                     tracing::warn!(
                         port = source.port,
                         ring = source.ring,
-                        head = t.head.id,
+                        id = t.head.id,
                         "bad TX descriptor chain dropped: {e} (further ones counted, not logged)"
                     );
                 }
@@ -401,13 +427,34 @@ fn deliver_to(
             return;
         }
     };
-    let Some(ring) = rx.ring() else {
-        stop_ring(rx, broken::NO_MEMORY, port);
-        stats.drops[DropReason::RxRingUnavailable as usize].add(count);
-        return;
-    };
     let mut guard = rx.shared.lock();
     let cur = guard.cursor();
+    match rx.ring() {
+        Some(RingView::Split(ring)) => deliver_on(scratch, n, source, port, rx, &ring, cur, stats),
+        Some(RingView::Packed(ring)) => deliver_on(scratch, n, source, port, rx, &ring, cur, stats),
+        None => {
+            stop_ring(rx, broken::NO_MEMORY, port);
+            stats.drops[DropReason::RxRingUnavailable as usize].add(count);
+            return;
+        }
+    }
+    // GET_VRING_BASE reports every ring's position, RX included.
+    guard.publish_position();
+}
+
+/// Reserves, copies and publishes the frames of the burst bound for `port` on its RX ring
+/// `ring`, whatever its layout.
+#[allow(clippy::too_many_arguments)]
+fn deliver_on<R: DeviceRing>(
+    scratch: &mut Scratch,
+    n: usize,
+    source: &Source<'_>,
+    port: usize,
+    rx: &RingRuntime,
+    ring: &R,
+    cur: &mut Cursor,
+    stats: &QueueStats,
+) {
     scratch.dst.clear();
     scratch.rx_chains.clear();
     scratch.reserved.clear();
@@ -425,9 +472,9 @@ fn deliver_to(
         if scratch.dst.room() < MAX_CHAIN_SEGMENTS
             || scratch.rx_chains.capacity() - scratch.rx_chains.len() < MAX_RX_CHAINS
         {
-            copy_reserved(scratch, rx, &ring, cur, source, stats);
+            copy_reserved(scratch, rx, ring, cur, source, stats);
         }
-        match reserve(scratch, rx, &ring, cur, k, source.header_len, port) {
+        match reserve(scratch, rx, ring, cur, k, source.header_len, port) {
             Ok(()) => {}
             Err(reason) => {
                 stats.drop(reason);
@@ -437,12 +484,10 @@ fn deliver_to(
             }
         }
     }
-    copy_reserved(scratch, rx, &ring, cur, source, stats);
+    copy_reserved(scratch, rx, ring, cur, source, stats);
     if ring.publish_used(cur, rx.features.event_idx) {
         rx.notify();
     }
-    // GET_VRING_BASE reports every ring's position, RX included.
-    guard.publish_last_avail();
 }
 
 /// Reserves RX chains for frame `k` (its header and bytes), walking them into
@@ -458,10 +503,9 @@ fn reserve<R: DeviceRing>(
 ) -> Result<(), DropReason> {
     let memory = rx.memory();
     let need = u64::from(rx.features.header_len) + scratch.taken[k].frame_len(src_header_len);
-    let (start_avail, start_seg, start_chain) =
-        (cur.last_avail, scratch.dst.len(), scratch.rx_chains.len());
+    let (start_cursor, start_seg, start_chain) = (*cur, scratch.dst.len(), scratch.rx_chains.len());
     let undo = |scratch: &mut Scratch, cur: &mut Cursor| {
-        cur.last_avail = start_avail;
+        *cur = start_cursor;
         scratch.dst.truncate(start_seg);
         scratch.rx_chains.truncate(start_chain);
     };
@@ -472,8 +516,16 @@ fn reserve<R: DeviceRing>(
             undo(scratch, cur);
             return Err(DropReason::TooBig);
         }
-        let head = match ring.take_next(cur) {
-            Ok(Some(head)) => head,
+        let seg_start = scratch.dst.len();
+        let before = scratch.dst.total_len();
+        let chain = match ring.take(
+            cur,
+            memory,
+            Direction::Writable,
+            rx.features.indirect,
+            &mut scratch.dst,
+        ) {
+            Ok(Some(chain)) => chain,
             Ok(None) => {
                 undo(scratch, cur);
                 return Err(DropReason::NoRxBuffer);
@@ -484,21 +536,13 @@ fn reserve<R: DeviceRing>(
                 return Err(DropReason::RxRingUnavailable);
             }
         };
-        let seg_start = scratch.dst.len();
-        let before = scratch.dst.total_len();
-        if let Err(e) = ring.walk(
-            memory,
-            head,
-            Direction::Writable,
-            rx.features.indirect,
-            &mut scratch.dst,
-        ) {
+        if let Err(e) = chain.walked {
             undo(scratch, cur);
             if rx.shared.mark_broken(broken::BAD_HEAD) {
                 tracing::error!(
                     port,
                     ring = rx.shared.index(),
-                    head = head.id,
+                    id = chain.head.id,
                     "bad RX descriptor chain: {e}: ring stopped"
                 );
             }
@@ -511,7 +555,7 @@ fn reserve<R: DeviceRing>(
         }
         let chain_len = scratch.dst.total_len() - before;
         capacity += chain_len;
-        scratch.rx_chains.push((head, chain_len));
+        scratch.rx_chains.push((chain.head, chain_len));
         if !rx.features.mrg_rxbuf && capacity < need {
             undo(scratch, cur);
             return Err(DropReason::TooBig);

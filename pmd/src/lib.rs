@@ -6,8 +6,9 @@
 //!
 //! - [`memory`]: guest memory, the only way to it: regions mapped (only what they serve,
 //!   fenced against SIGBUS), translated into ranges, reached through checked views;
-//! - [`vring`], [`split`]: split-ring layout, ring views and descriptor-chain walking
-//!   against a hostile guest;
+//! - [`vring`]: ring layouts and their translation; [`split`], [`packed`]: ring views and
+//!   descriptor-chain walking against a hostile guest, over the shared checks of [`chain`];
+//!   [`ring`]: what the fast path needs of a layout;
 //! - [`net`]: typed virtio-net and Ethernet header views; [`copy`]: the copy engine;
 //! - [`queue`]: a started ring's runtime (cursor, busy flag);
 //! - [`forward`]: the burst fast path (dequeue, switch, single copy, enqueue);
@@ -21,6 +22,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod copy;
 pub mod cpu;
 pub mod dataplane;
@@ -28,6 +30,7 @@ pub mod forward;
 pub mod memory;
 mod mmap;
 pub mod net;
+pub mod packed;
 pub mod queue;
 pub mod ring;
 pub mod snapshot;

@@ -1,23 +1,34 @@
 //! What the staged fast path needs from a ring layout, whatever the layout is.
 //!
 //! The fast path ([`crate::forward`]) works in stages over a burst and only through this
-//! trait: which chains the driver made available, walking one, returning used chains, and
-//! publishing them with the notification decision. [`crate::split`] implements it for
-//! split rings; packed rings implement the same operations over their single descriptor
-//! ring (with wrap counters in the cursor), and the stages stay as they are.
+//! trait: how many chains the driver made available, taking (and walking) one, returning
+//! used chains, and publishing them with the notification decision. [`crate::split`] and
+//! [`crate::packed`] implement it; the stages are the same for both.
 #![forbid(unsafe_code)]
 
+use crate::chain::{ChainError, Direction, Segments};
 use crate::memory::GuestMemoryMap;
 use crate::queue::Cursor;
-use crate::split::chain::{ChainError, Direction, Segments};
 
-/// A chain the driver made available, as the ring layout identifies it: what the device
-/// needs to walk it and to return it.
+/// A chain the driver made available, as the device returns it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainHead {
-    /// The descriptor index the chain starts at (split rings); the buffer id written back
-    /// in the used entry.
+    /// What the used entry names: the head descriptor index (split) or the buffer id
+    /// (packed).
     pub id: u16,
+    /// Ring descriptors the chain occupies (packed: how far a used descriptor advances the
+    /// device; split: 1).
+    pub descriptors: u16,
+}
+
+/// A chain taken from a ring: how to return it, and whether its buffers passed the checks
+/// (a refused chain is still returned, with nothing written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TakenChain {
+    /// How the chain is returned.
+    pub head: ChainHead,
+    /// `Err` when a buffer broke a rule; its segments are then incomplete.
+    pub walked: Result<(), ChainError>,
 }
 
 /// Why a ring can no longer be used (a [`crate::queue::broken`] bit).
@@ -25,41 +36,35 @@ pub type Broken = u8;
 
 /// A ring as the device side of the fast path drives it.
 pub trait DeviceRing {
-    /// Chains the driver made available beyond `cur` and not yet taken (TX), read from
-    /// the ring now; `Err` when the driver broke the ring.
-    fn available(&self, cur: &Cursor) -> Result<u16, Broken>;
+    /// How many chains, up to `max`, may be taken now: 0 when the driver made none
+    /// available. Starts loading their descriptors. `Err` when the driver broke the ring.
+    fn poll(&self, cur: &mut Cursor, max: u16) -> Result<u16, Broken>;
 
-    /// The head of the `k`-th available chain after `cur` (`k` below [`Self::available`]),
-    /// its descriptor prefetched; `Err` when it is not a valid head.
-    fn head(&self, cur: &Cursor, k: u16) -> Result<ChainHead, Broken>;
-
-    /// Walks the chain at `head`, appending its buffers to `out` (bounded by the segment
-    /// limit `out` was given).
-    fn walk(
+    /// Takes the next available chain, walking its buffers into `out` (bounded by the
+    /// segment limit `out` was given): `Ok(None)` when none is available, `Err` when the
+    /// driver broke the ring (nothing is taken then).
+    fn take(
         &self,
+        cur: &mut Cursor,
         memory: &GuestMemoryMap,
-        head: ChainHead,
         dir: Direction,
         indirect_ok: bool,
         out: &mut Segments,
-    ) -> Result<(), ChainError>;
-
-    /// Marks `n` chains after `cur` taken.
-    fn consume(&self, cur: &mut Cursor, n: u16);
-
-    /// The next available chain for receiving (RX), taken: `Ok(None)` when the driver has
-    /// posted none. The ring's available index is read only when the cached one is used up,
-    /// and the descriptors of newly seen chains are prefetched together.
-    fn take_next(&self, cur: &mut Cursor) -> Result<Option<ChainHead>, Broken>;
+    ) -> Result<Option<TakenChain>, Broken>;
 
     /// Returns the chain at `head` to the driver with `len` bytes written; visible with the
     /// next [`Self::publish_used`].
     fn push_used(&self, cur: &mut Cursor, head: ChainHead, len: u32);
 
+    /// Returns `chains` chains taken in a row, ending with `last` and occupying
+    /// `descriptors` ring descriptors, none written to, as one used entry (IN_ORDER: the
+    /// "in-order use of descriptors" sections of virtio 1.2 §2.7 and §2.8).
+    fn push_used_in_order(&self, cur: &mut Cursor, last: ChainHead, chains: u16, descriptors: u16);
+
     /// Publishes the used chains pushed since the last call (one release store) and
     /// returns whether the driver asked to be interrupted for them.
     fn publish_used(&self, cur: &mut Cursor, event_idx: bool) -> bool;
 
-    /// After a TX burst: keeps the driver from kicking a poller (EVENT_IDX).
+    /// After a TX burst: keeps the driver from kicking a poller.
     fn suppress_kicks_after(&self, cur: &Cursor, event_idx: bool);
 }

@@ -1,32 +1,61 @@
-//! Split virtqueue layout (virtio 1.2 §2.7) and its translation through guest memory.
+//! Virtqueue layouts (split, virtio 1.2 §2.7; packed, §2.8) and the translation of a
+//! ring's parts through guest memory.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
 
 use crate::memory::{GuestMemoryMap, GuestRange};
 
-/// Largest split ring the spec allows.
+/// Largest ring the spec allows (both layouts).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
 
-/// Front-end virtual addresses of one split ring, as `SET_VRING_ADDR` gives them.
+/// Front-end virtual addresses of one ring, as `SET_VRING_ADDR` gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingAddrs {
-    /// Descriptor table.
+    /// Descriptor table (split) or descriptor ring (packed).
     pub desc: u64,
-    /// Driver area (available ring).
+    /// Driver area: the available ring (split) or the driver event suppression
+    /// structure (packed).
     pub avail: u64,
-    /// Device area (used ring).
+    /// Device area: the used ring (split) or the device event suppression structure
+    /// (packed).
     pub used: u64,
+}
+
+/// How a ring is laid out, from the negotiated features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Descriptor table, available and used rings; with EVENT_IDX each ring ends with an
+    /// event word.
+    Split {
+        /// VIRTIO_RING_F_EVENT_IDX.
+        event_idx: bool,
+    },
+    /// One descriptor ring and two event suppression structures (VIRTIO_F_RING_PACKED).
+    Packed,
+}
+
+impl Layout {
+    /// The layout a virtio feature set selects.
+    pub fn from_features(features: u64) -> Self {
+        if features & (1 << 34) != 0 {
+            Layout::Packed
+        } else {
+            Layout::Split {
+                event_idx: features & (1 << 29) != 0,
+            }
+        }
+    }
 }
 
 /// Which part of a ring an address check is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingPart {
-    /// The descriptor table.
+    /// The descriptor table (or packed descriptor ring).
     Desc,
-    /// The available ring.
+    /// The available ring (or packed driver event suppression structure).
     Avail,
-    /// The used ring.
+    /// The used ring (or packed device event suppression structure).
     Used,
 }
 
@@ -61,7 +90,9 @@ pub enum RingError {
     Overlap(RingPart, RingPart),
 }
 
-/// Checks a queue size: a power of two in 1..=32768.
+/// Checks a queue size: a power of two in 1..=32768 (packed rings need not be powers of
+/// two, but the switch asks it of both layouts: every front-end uses one, and a ring size
+/// must not change with the features negotiated after it).
 pub fn check_queue_size(num: u32) -> Result<u16, RingError> {
     if num == 0 || num > MAX_QUEUE_SIZE || !num.is_power_of_two() {
         return Err(RingError::BadSize(num));
@@ -70,28 +101,42 @@ pub fn check_queue_size(num: u32) -> Result<u16, RingError> {
     Ok(num as u16)
 }
 
-/// Byte lengths of the three parts of a split ring of `size` entries.
-pub fn part_lengths(size: u16, event_idx: bool) -> [(RingPart, u64, u64); 3] {
+/// Byte lengths and alignments of the three parts of a ring of `size` entries.
+pub fn part_lengths(size: u16, layout: Layout) -> [(RingPart, u64, u64); 3] {
     let n = u64::from(size);
-    let event = if event_idx { 2 } else { 0 };
-    [
-        (RingPart::Desc, 16 * n, 16),
-        (RingPart::Avail, 4 + 2 * n + event, 2),
-        (RingPart::Used, 4 + 8 * n + event, 4),
-    ]
+    match layout {
+        Layout::Split { event_idx } => {
+            let event = if event_idx { 2 } else { 0 };
+            [
+                (RingPart::Desc, 16 * n, 16),
+                (RingPart::Avail, 4 + 2 * n + event, 2),
+                (RingPart::Used, 4 + 8 * n + event, 4),
+            ]
+        }
+        // virtio 1.2 §2.8.10.1: a 16-byte aligned descriptor ring, 4-byte aligned event
+        // suppression structures of 4 bytes.
+        Layout::Packed => [
+            (RingPart::Desc, 16 * n, 16),
+            (RingPart::Avail, 4, 4),
+            (RingPart::Used, 4, 4),
+        ],
+    }
 }
 
 /// The parts of a ring whose addresses were checked against a memory map: ranges of that
-/// map (plain numbers; memory is reached through the map, see [`crate::split::raw`]).
+/// map (plain numbers; memory is reached through the map, see [`crate::split::raw`] and
+/// [`crate::packed::raw`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TranslatedRing {
+    /// The layout the parts were checked for.
+    pub layout: Layout,
     /// Queue size.
     pub size: u16,
-    /// Descriptor table.
+    /// Descriptor table or ring.
     pub desc: GuestRange,
-    /// Available ring (with `used_event` when EVENT_IDX was used for the check).
+    /// Driver area (split: with `used_event` when EVENT_IDX was used for the check).
     pub avail: GuestRange,
-    /// Used ring (with `avail_event` likewise).
+    /// Device area (split: with `avail_event` likewise).
     pub used: GuestRange,
 }
 
@@ -101,9 +146,9 @@ pub fn translate(
     memory: &GuestMemoryMap,
     size: u16,
     addrs: RingAddrs,
-    event_idx: bool,
+    layout: Layout,
 ) -> Result<TranslatedRing, RingError> {
-    let lens = part_lengths(size, event_idx);
+    let lens = part_lengths(size, layout);
     let starts = [addrs.desc, addrs.avail, addrs.used];
     let mut ranges = [GuestRange::default(); 3];
     for (i, &(part, len, align)) in lens.iter().enumerate() {
@@ -125,6 +170,7 @@ pub fn translate(
         }
     }
     Ok(TranslatedRing {
+        layout,
         size,
         desc: ranges[0],
         avail: ranges[1],
@@ -136,6 +182,8 @@ pub fn translate(
 mod tests {
     use super::*;
     use crate::memory::test_map;
+
+    const SPLIT: Layout = Layout::Split { event_idx: false };
 
     fn memory() -> GuestMemoryMap {
         test_map(0x10000, 0x4000_0000)
@@ -159,7 +207,7 @@ mod tests {
             avail: 0x4000_1000,
             used: 0x4000_2000,
         };
-        let t = translate(&mem, 256, addrs, true).unwrap();
+        let t = translate(&mem, 256, addrs, Layout::Split { event_idx: true }).unwrap();
         assert_eq!(t.size, 256);
         assert_eq!(
             Some(t.avail),
@@ -180,7 +228,7 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            translate(&mem, 256, misaligned, false),
+            translate(&mem, 256, misaligned, SPLIT),
             Err(RingError::Misaligned {
                 part: RingPart::Used,
                 ..
@@ -191,7 +239,7 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            translate(&mem, 256, outside, false),
+            translate(&mem, 256, outside, SPLIT),
             Err(RingError::OutsideMemory {
                 part: RingPart::Desc,
                 ..
@@ -202,7 +250,7 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            translate(&mem, 256, straddles_end, false),
+            translate(&mem, 256, straddles_end, SPLIT),
             Err(RingError::OutsideMemory {
                 part: RingPart::Used,
                 ..
@@ -213,8 +261,34 @@ mod tests {
             ..base
         };
         assert_eq!(
-            translate(&mem, 256, used_over_desc, false),
+            translate(&mem, 256, used_over_desc, SPLIT),
             Err(RingError::Overlap(RingPart::Desc, RingPart::Used))
         );
+    }
+
+    #[test]
+    fn a_packed_ring_needs_only_four_bytes_per_event_area() {
+        let mem = memory();
+        let addrs = RingAddrs {
+            desc: 0x4000_0000,
+            avail: 0x4000_1000,
+            used: 0x4000_1004,
+        };
+        let t = translate(&mem, 256, addrs, Layout::Packed).unwrap();
+        assert_eq!(Some(t.used), mem.translate_user(0x4000_1004, 4));
+        // Split, the same addresses overlap.
+        assert!(translate(&mem, 256, addrs, SPLIT).is_err());
+        let misaligned = RingAddrs {
+            avail: 0x4000_1002,
+            ..addrs
+        };
+        assert!(matches!(
+            translate(&mem, 256, misaligned, Layout::Packed),
+            Err(RingError::Misaligned {
+                part: RingPart::Avail,
+                align: 4,
+                ..
+            })
+        ));
     }
 }

@@ -30,10 +30,11 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseResult, TestRng, TestRunner};
 
+use pmd::chain::{ChainError, Direction, Segments};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
-use pmd::split::chain::{walk, ChainError, Direction, Segments};
+use pmd::split::chain::walk;
 use pmd::split::raw::{Descriptor, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use pmd::vring::{translate, RingAddrs};
+use pmd::vring::{translate, Layout, RingAddrs};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
@@ -132,7 +133,8 @@ impl Guest {
             avail: user(AVAIL_GPA),
             used: user(USED_GPA),
         };
-        let t = translate(&self.ours, size, addrs, true).expect("ring translates");
+        let t = translate(&self.ours, size, addrs, Layout::Split { event_idx: true })
+            .expect("ring translates");
         SplitRing::new(&self.ours, &t).expect("ring view")
     }
 
@@ -1119,7 +1121,8 @@ fn ring_in_a<'g>(g: &'g Guest, size: u16, descs: &[Descriptor], heads: &[u16]) -
         avail: user(AVAIL_GPA),
         used: user(USED_GPA),
     };
-    let t = translate(&g.ours, size, addrs, true).expect("ring in region A");
+    let t = translate(&g.ours, size, addrs, Layout::Split { event_idx: true })
+        .expect("ring in region A");
     SplitRing::new(&g.ours, &t).expect("ring view")
 }
 

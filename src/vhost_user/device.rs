@@ -13,6 +13,7 @@ use pmd::dataplane::Dataplane;
 use pmd::memory::GuestMemoryMap;
 use pmd::queue::{RingFeatures, RingRuntime};
 use pmd::snapshot::PortSnapshot;
+use pmd::vring::Layout;
 use vhost::vhost_user::message::{FrontendReq, VhostUserConfig, VhostUserVringState};
 use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
 use vm_memory::ByteValued;
@@ -376,8 +377,15 @@ impl NetDevice {
     }
 
     /// Features used to size rings before SET_FEATURES: assume the larger layout.
-    pub(super) fn features_for_layout(&self) -> u64 {
-        self.acked.unwrap_or(OFFERED_FEATURES)
+    /// The ring layout the features select: before SET_FEATURES a split ring with every
+    /// offered bit that grows it (EVENT_IDX), the stricter check; packed only once acked.
+    pub(super) fn ring_layout(&self) -> Layout {
+        match self.acked {
+            Some(acked) => Layout::from_features(acked),
+            None => Layout::Split {
+                event_idx: OFFERED_FEATURES & mask(bit::EVENT_IDX) != 0,
+            },
+        }
     }
 
     fn any_ring_started(&self) -> bool {
@@ -527,7 +535,7 @@ impl NetDevice {
     pub(super) fn republish(&mut self) {
         let features = self.acked.unwrap_or(0);
         let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
-        let event_idx = features & mask(bit::EVENT_IDX) != 0;
+        let layout = Layout::from_features(features);
         let ring_features = RingFeatures::from_features(features);
         let mut rings = Vec::with_capacity(self.rings.len());
         for ring in &self.rings {
@@ -535,7 +543,7 @@ impl NetDevice {
                 // Started rings were checked when they started and whenever memory
                 // changed, so translation succeeds.
                 (true, Some(size), Some(addrs), Some(shared)) => {
-                    pmd::vring::translate(&self.memory, size, addrs, event_idx)
+                    pmd::vring::translate(&self.memory, size, addrs, layout)
                         .ok()
                         .map(|t| {
                             RingRuntime::new(

@@ -85,6 +85,8 @@ pub const OFFERED_FEATURES: u64 = mask(bit::VERSION_1)
     | mask(bit::STATUS)
     | mask(bit::EVENT_IDX)
     | mask(bit::INDIRECT_DESC)
+    | mask(bit::RING_PACKED)
+    | mask(bit::IN_ORDER)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
 /// The vhost-user protocol features every port offers: only the ones really handled.
@@ -101,6 +103,12 @@ struct Requirement {
 }
 
 const REQUIREMENTS: &[Requirement] = &[
+    // A packed ring has no legacy form (virtio 1.2 §2.8 is a virtio 1.1 layout; the
+    // legacy interface's feature word ends at bit 31).
+    Requirement {
+        feature: bit::RING_PACKED,
+        needs_any: &[bit::VERSION_1],
+    },
     Requirement {
         feature: bit::GUEST_TSO4,
         needs_any: &[bit::GUEST_CSUM],
@@ -234,7 +242,8 @@ mod tests {
     fn offered_set_is_self_consistent() {
         assert_eq!(check_dependencies(OFFERED_FEATURES), Ok(()));
         assert_ne!(OFFERED_FEATURES & mask(bit::PROTOCOL_FEATURES), 0);
-        assert_eq!(OFFERED_FEATURES & mask(bit::RING_PACKED), 0);
+        assert_ne!(OFFERED_FEATURES & mask(bit::RING_PACKED), 0);
+        assert_ne!(OFFERED_FEATURES & mask(bit::IN_ORDER), 0);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
 use vm_memory::ByteValued;
 
 use super::device::{body, take_fds, NetDevice, Reply};
-use super::features::{bit, mask};
 use super::violation::Violation;
 use super::wire::Request;
 
@@ -91,10 +90,10 @@ impl NetDevice {
 
     /// Checks that every running ring still translates in `memory`, then swaps it in.
     fn install_memory(&mut self, memory: GuestMemoryMap) -> Result<(), Violation> {
-        let event_idx = self.features_for_layout() & mask(bit::EVENT_IDX) != 0;
+        let layout = self.ring_layout();
         for (index, ring) in self.rings.iter().enumerate() {
             if let (true, Some(size), Some(addrs)) = (ring.started, ring.size, ring.addrs) {
-                pmd::vring::translate(&memory, size, addrs, event_idx).map_err(|err| {
+                pmd::vring::translate(&memory, size, addrs, layout).map_err(|err| {
                     Violation::RingLosesMemory {
                         index: index as u32,
                         err,

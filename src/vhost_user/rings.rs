@@ -9,7 +9,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use pmd::queue::{RingFeatures, RingRuntime, RingShared};
-use pmd::vring::{self, RingAddrs};
+use pmd::vring::{self, Layout, RingAddrs};
 use vhost::vhost_user::message::{VhostUserU64, VhostUserVringAddr, VhostUserVringState};
 use vm_memory::ByteValued;
 
@@ -23,6 +23,21 @@ const INVALID_FD_FLAG: u64 = 1 << 8;
 /// Bits of the same payload that hold the ring index.
 const INDEX_MASK: u64 = 0xff;
 
+/// Checks a SET_VRING_BASE value against the ring it starts: a 16-bit index for a split
+/// ring; for a packed ring a position below the size in bits 0-14 with the wrap counter
+/// in bit 15, and in bits 16-31 QEMU's used position, which is not needed (no chain is in
+/// flight across a restart, so the device's used position starts at the avail one).
+fn check_base(index: u32, base: u32, size: u16, layout: Layout) -> Result<(), Violation> {
+    let why = match layout {
+        Layout::Split { .. } if base > u32::from(u16::MAX) => "a split ring's index has 16 bits",
+        Layout::Packed if base & 0x7fff >= u32::from(size) => {
+            "a packed ring's position must be below its size"
+        }
+        _ => return Ok(()),
+    };
+    Err(Violation::RingBase { index, base, why })
+}
+
 /// One ring's configuration as the front-end set it.
 #[derive(Debug, Default)]
 pub struct VringState {
@@ -30,8 +45,9 @@ pub struct VringState {
     pub size: Option<u16>,
     /// Front-end virtual addresses (SET_VRING_ADDR).
     pub addrs: Option<RingAddrs>,
-    /// Next available index to process (SET_VRING_BASE; reported by GET_VRING_BASE).
-    pub base: u16,
+    /// Where the ring starts, as SET_VRING_BASE sent it and GET_VRING_BASE reports it:
+    /// the next avail index (split), or position and wrap counter (packed).
+    pub base: u32,
     /// Started by SET_VRING_KICK, stopped by GET_VRING_BASE.
     pub started: bool,
     /// What SET_VRING_ENABLE last asked, if it was sent.
@@ -92,9 +108,16 @@ impl NetDevice {
         self.need_owner()?;
         let VhostUserVringState { index, num } = vring_state(req)?;
         let i = self.stopped_ring(index)?;
-        // Split rings count indexes freely in 16 bits; packed rings are not offered.
-        let base = u16::try_from(num).map_err(|_| Violation::RingBase { index, base: num })?;
-        self.rings[i].base = base;
+        // Checked here for split rings, whose indexes count freely in 16 bits, and again
+        // when the ring starts, once the layout and size are final.
+        if self.ring_layout() != Layout::Packed && num > u32::from(u16::MAX) {
+            return Err(Violation::RingBase {
+                index,
+                base: num,
+                why: "a split ring's index has 16 bits",
+            });
+        }
+        self.rings[i].base = num;
         Ok(Reply::None)
     }
 
@@ -119,8 +142,7 @@ impl NetDevice {
             avail: msg.available,
             used: msg.used,
         };
-        let event_idx = self.features_for_layout() & mask(bit::EVENT_IDX) != 0;
-        vring::translate(&self.memory, size, addrs, event_idx)
+        vring::translate(&self.memory, size, addrs, self.ring_layout())
             .map_err(|err| Violation::Ring { index, err })?;
         self.rings[i].addrs = Some(addrs);
         Ok(Reply::None)
@@ -140,11 +162,11 @@ impl NetDevice {
             self.republish();
             let ring = &mut self.rings[i];
             if let Some(shared) = ring.shared.take() {
-                ring.base = shared.last_avail();
+                ring.base = shared.vring_base();
             }
             tracing::info!(port = %self.cfg.port, ring = index, base = ring.base, "ring stopped");
         }
-        let reply = VhostUserVringState::new(index, u32::from(self.rings[i].base));
+        let reply = VhostUserVringState::new(index, self.rings[i].base);
         Ok(Reply::Payload(reply.as_slice().to_vec()))
     }
 
@@ -190,9 +212,10 @@ impl NetDevice {
             index,
             missing: "SET_VRING_ADDR",
         })?;
-        let event_idx = features & mask(bit::EVENT_IDX) != 0;
-        let translated = vring::translate(&self.memory, size, addrs, event_idx)
+        let layout = Layout::from_features(features);
+        let translated = vring::translate(&self.memory, size, addrs, layout)
             .map_err(|err| Violation::Ring { index, err })?;
+        check_base(index, ring.base, size, layout)?;
         let bit30 = features & mask(bit::PROTOCOL_FEATURES) != 0;
         let ring = &mut self.rings[i];
         ring.kick = fd;

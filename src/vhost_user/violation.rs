@@ -91,13 +91,16 @@ pub enum Violation {
         /// What is wrong.
         err: RingError,
     },
-    /// R7: SET_VRING_BASE beyond a split ring's 16-bit index.
-    #[error("ring {index}: base {base} does not fit a split ring's 16-bit index")]
+    /// R7: SET_VRING_BASE beyond a split ring's 16-bit index, or a packed ring's
+    /// position not below its size.
+    #[error("ring {index}: base {base:#x} is not a position in this ring ({why})")]
     RingBase {
         /// The ring.
         index: u32,
         /// The value sent.
         base: u32,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// R7: a flag we do not support in SET_VRING_ADDR (dirty logging).
     #[error("ring {index}: address flags {flags:#x} not supported (LOG_ALL not offered)")]

@@ -3,12 +3,13 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use super::chain::{self, ChainError, Direction, Segments};
+use super::chain;
 use super::raw::{SplitRing, AVAIL_F_NO_INTERRUPT};
+use crate::chain::{Direction, Segments};
 use crate::forward::BURST;
 use crate::memory::GuestMemoryMap;
 use crate::queue::{broken, Cursor};
-use crate::ring::{Broken, ChainHead, DeviceRing};
+use crate::ring::{Broken, ChainHead, DeviceRing, TakenChain};
 
 /// `vring_need_event` (virtio 1.2 §2.7.10): did `new` pass `event` since `old`?
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
@@ -17,56 +18,35 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
 
 impl DeviceRing for SplitRing<'_> {
     #[inline]
-    fn available(&self, cur: &Cursor) -> Result<u16, Broken> {
-        let pending = self.avail_idx().wrapping_sub(cur.last_avail);
+    fn poll(&self, cur: &mut Cursor, max: u16) -> Result<u16, Broken> {
+        let avail = self.avail_idx();
+        let pending = avail.wrapping_sub(cur.last_avail);
         if pending > self.size() {
             return Err(broken::AVAIL_JUMP);
         }
-        Ok(pending)
-    }
-
-    #[inline]
-    fn head(&self, cur: &Cursor, k: u16) -> Result<ChainHead, Broken> {
-        let id = self.avail_entry(cur.last_avail.wrapping_add(k));
-        if id >= self.size() {
-            return Err(broken::BAD_HEAD);
+        cur.cached_avail = avail;
+        let n = pending.min(max);
+        for k in 0..n {
+            let id = self.avail_entry(cur.last_avail.wrapping_add(k));
+            self.prefetch_descriptor(id);
         }
-        self.prefetch_descriptor(id);
-        Ok(ChainHead { id })
+        Ok(n)
     }
 
     #[inline]
-    fn walk(
+    fn take(
         &self,
+        cur: &mut Cursor,
         memory: &GuestMemoryMap,
-        head: ChainHead,
         dir: Direction,
         indirect_ok: bool,
         out: &mut Segments,
-    ) -> Result<(), ChainError> {
-        chain::walk_append(self, memory, head.id, dir, indirect_ok, out)
-    }
-
-    #[inline]
-    fn consume(&self, cur: &mut Cursor, n: u16) {
-        cur.last_avail = cur.last_avail.wrapping_add(n);
-    }
-
-    #[inline]
-    fn take_next(&self, cur: &mut Cursor) -> Result<Option<ChainHead>, Broken> {
+    ) -> Result<Option<TakenChain>, Broken> {
         if cur.last_avail == cur.cached_avail {
-            cur.cached_avail = self.avail_idx();
-            let fresh = cur.cached_avail.wrapping_sub(cur.last_avail);
-            if fresh > self.size() {
-                return Err(broken::AVAIL_JUMP);
-            }
-            if fresh == 0 {
+            // The avail index is read again only once the cached one is used up; newly
+            // seen chains have their descriptors fetched together, not one miss per frame.
+            if self.poll(cur, BURST)? == 0 {
                 return Ok(None);
-            }
-            // New buffers: fetch their descriptors together, not one miss per frame.
-            for k in 0..fresh.min(BURST) {
-                let id = self.avail_entry(cur.last_avail.wrapping_add(k));
-                self.prefetch_descriptor(id);
             }
         }
         let id = self.avail_entry(cur.last_avail);
@@ -74,13 +54,22 @@ impl DeviceRing for SplitRing<'_> {
             return Err(broken::BAD_HEAD);
         }
         cur.last_avail = cur.last_avail.wrapping_add(1);
-        Ok(Some(ChainHead { id }))
+        Ok(Some(TakenChain {
+            head: ChainHead { id, descriptors: 1 },
+            walked: chain::walk_append(self, memory, id, dir, indirect_ok, out),
+        }))
     }
 
     #[inline]
     fn push_used(&self, cur: &mut Cursor, head: ChainHead, len: u32) {
         self.write_used(cur.next_used, head.id, len);
         cur.next_used = cur.next_used.wrapping_add(1);
+    }
+
+    #[inline]
+    fn push_used_in_order(&self, cur: &mut Cursor, last: ChainHead, chains: u16, _: u16) {
+        self.write_used(cur.next_used, last.id, 0);
+        cur.next_used = cur.next_used.wrapping_add(chains);
     }
 
     fn publish_used(&self, cur: &mut Cursor, event_idx: bool) -> bool {

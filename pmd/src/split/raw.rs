@@ -194,25 +194,13 @@ impl Descriptor {
             next: (hi >> 48) as u16,
         }
     }
-
-    /// Decodes the little-endian wire layout (virtio 1.x).
-    pub fn from_le_bytes(b: [u8; 16]) -> Descriptor {
-        let mut addr = [0u8; 8];
-        addr.copy_from_slice(&b[0..8]);
-        Descriptor {
-            addr: u64::from_le_bytes(addr),
-            len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            flags: u16::from_le_bytes([b[12], b[13]]),
-            next: u16::from_le_bytes([b[14], b[15]]),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memory::test_map;
-    use crate::vring::{translate, RingAddrs};
+    use crate::vring::{translate, Layout, RingAddrs};
 
     #[test]
     fn reads_and_writes_the_fields_where_the_spec_puts_them() {
@@ -222,7 +210,7 @@ mod tests {
             avail: 0x1000_1000,
             used: 0x1000_2000,
         };
-        let t = translate(&mem, 8, addrs, true).unwrap();
+        let t = translate(&mem, 8, addrs, Layout::Split { event_idx: true }).unwrap();
         let ring = SplitRing::new(&mem, &t).unwrap();
         let avail = mem.slice(&t.avail).unwrap();
         avail.write(2, &5u16.to_le_bytes()).unwrap();
