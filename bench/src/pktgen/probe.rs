@@ -5,6 +5,40 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Round trip (ns) from which two cores count as far apart on the host; below it they are
+/// near. Measured placements fall well on either side (~50 ns or ~300-450 ns on this
+/// project's VMs), so the exact value matters little; what matters is that every report
+/// classes runs alike (`scripts/bench_vs_dpdk.py` holds the same value for Python).
+pub const NEAR_BELOW_NS: f64 = 100.0;
+
+/// Where two cores sit on the host, as classed from their round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Round trip under [`NEAR_BELOW_NS`].
+    Near,
+    /// Round trip of [`NEAR_BELOW_NS`] or more.
+    Far,
+}
+
+impl Placement {
+    /// The class of a round trip measured by [`round_trip_ns`].
+    pub fn of(round_trip_ns: f64) -> Self {
+        if round_trip_ns < NEAR_BELOW_NS {
+            Placement::Near
+        } else {
+            Placement::Far
+        }
+    }
+
+    /// `near` or `far`, as the reports and the benchmark JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Near => "near",
+            Placement::Far => "far",
+        }
+    }
+}
+
 /// Mean round trip (ns) of a cache line between cores `a` and `b` over `iterations`, or
 /// `None` if a core cannot be pinned or the other side stalls for more than `limit`.
 pub fn round_trip_ns(a: usize, b: usize, iterations: u64, limit: Duration) -> Option<f64> {
@@ -63,6 +97,15 @@ pub fn round_trip_ns(a: usize, b: usize, iterations: u64, limit: Duration) -> Op
 
 #[cfg(test)]
 mod tests {
+    use super::{Placement, NEAR_BELOW_NS};
+
+    #[test]
+    fn the_threshold_itself_is_far() {
+        assert_eq!(Placement::of(NEAR_BELOW_NS - 0.5), Placement::Near);
+        assert_eq!(Placement::of(NEAR_BELOW_NS), Placement::Far);
+        assert_eq!(Placement::of(f64::INFINITY), Placement::Far);
+    }
+
     #[test]
     fn same_core_or_two_cores_gives_a_plausible_time() {
         let n = core_affinity::get_core_ids().map_or(0, |c| c.len());
