@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod ctl;
 #[cfg(feature = "demo")]

@@ -312,12 +312,13 @@ impl VirtioNetPci {
         };
         let needed = REGION_INFO_LEN + caps.len();
         // A client with too little room learns the size it needs (argsz) and asks again;
-        // the descriptor goes with the full answer only.
+        // the descriptor goes with the full answer only. QEMU refuses a reply that names
+        // CAPS without a capability inside it.
         let fits = q.argsz as usize >= needed;
-        let cap_offset = if fits && !caps.is_empty() {
-            REGION_INFO_LEN as u32
+        let (flags, cap_offset) = if fits && !caps.is_empty() {
+            (flags, REGION_INFO_LEN as u32)
         } else {
-            0
+            (flags & !region_flags::CAPS, 0)
         };
         let mut w = Writer::default()
             .u32(needed as u32)

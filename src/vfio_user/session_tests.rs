@@ -227,6 +227,11 @@ fn a_linux_like_bring_up_starts_both_rings_with_msix_call_fds() {
     let short = c.ok(Command::DeviceGetRegionInfo, &q(32, VIRTIO_BAR), &[]);
     assert_eq!(short.payload.len(), 32);
     assert!(short.fd.is_none());
+    assert_eq!(
+        short.payload[4] & 0b1000,
+        0,
+        "no CAPS flag without the capability"
+    );
     let needed = u32::from_le_bytes(short.payload[..4].try_into().unwrap());
     let full = c.ok(Command::DeviceGetRegionInfo, &q(needed, VIRTIO_BAR), &[]);
     let fd = full.fd.expect("the BAR's memfd");
