@@ -26,6 +26,17 @@ pub enum Role {
     Client,
 }
 
+/// How a port's front-end attaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// A vhost-user-net backend (QEMU `-netdev vhost-user`, DPDK virtio_user).
+    #[default]
+    VhostUser,
+    /// A vfio-user server emulating a virtio-net PCI device (QEMU `vfio-user-pci`).
+    VfioUser,
+}
+
 /// One port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortConfig {
@@ -35,6 +46,8 @@ pub struct PortConfig {
     pub socket: PathBuf,
     /// Server or client mode.
     pub role: Role,
+    /// vhost-user or vfio-user.
+    pub transport: Transport,
     /// Queue pairs offered (GET_QUEUE_NUM).
     pub queue_pairs: u16,
     /// MAC address in the device config space.
@@ -134,6 +147,8 @@ struct FilePort {
     socket: PathBuf,
     #[serde(default)]
     client: bool,
+    #[serde(default)]
+    transport: Transport,
     queues: Option<u16>,
     mac: Option<String>,
     #[serde(default)]
@@ -150,6 +165,8 @@ pub struct Overrides {
     pub server_ports: Vec<(String, PathBuf)>,
     /// `--client NAME=PATH` (client mode).
     pub client_ports: Vec<(String, PathBuf)>,
+    /// `--vfio-user-port NAME=PATH` (vfio-user server).
+    pub vfio_user_ports: Vec<(String, PathBuf)>,
     /// `--mode`.
     pub mode: Option<Mode>,
     /// `--pmd-cores`.
@@ -305,6 +322,7 @@ impl Config {
                 name: p.name,
                 socket: p.socket,
                 role: if p.client { Role::Client } else { Role::Server },
+                transport: p.transport,
                 queue_pairs: p.queues.unwrap_or(1),
                 mac: mac.unwrap_or([0; 6]),
                 static_macs,
@@ -315,10 +333,21 @@ impl Config {
         let flag_ports = flags
             .server_ports
             .into_iter()
-            .map(|p| (p, Role::Server))
-            .chain(flags.client_ports.into_iter().map(|p| (p, Role::Client)));
+            .map(|p| (p, Role::Server, Transport::VhostUser))
+            .chain(
+                flags
+                    .client_ports
+                    .into_iter()
+                    .map(|p| (p, Role::Client, Transport::VhostUser)),
+            )
+            .chain(
+                flags
+                    .vfio_user_ports
+                    .into_iter()
+                    .map(|p| (p, Role::Server, Transport::VfioUser)),
+            );
         let mut from_flags = HashSet::new();
-        for ((name, socket), role) in flag_ports {
+        for ((name, socket), role, transport) in flag_ports {
             if !from_flags.insert(name.clone()) {
                 return Err(invalid(format!(
                     "port name '{name}' is used twice on the command line"
@@ -328,11 +357,13 @@ impl Config {
                 Some(p) => {
                     p.socket = socket;
                     p.role = role;
+                    p.transport = transport;
                 }
                 None => ports.push(PortConfig {
                     name,
                     socket,
                     role,
+                    transport,
                     static_macs: Vec::new(),
                     allowed_macs: Vec::new(),
                     max_learned_macs: max_learned_default,
@@ -408,6 +439,13 @@ impl Config {
                 return Err(invalid(format!(
                     "socket {} is used by two ports",
                     p.socket.display()
+                )));
+            }
+            if p.transport == Transport::VfioUser && (p.role == Role::Client || p.queue_pairs != 1)
+            {
+                return Err(invalid(format!(
+                    "port '{}': a vfio-user port is a server with one queue pair",
+                    p.name
                 )));
             }
             if p.queue_pairs == 0 || p.queue_pairs > MAX_QUEUE_PAIRS {
@@ -530,6 +568,50 @@ mod tests {
         assert_eq!(c.ports[1].socket, PathBuf::from("/tmp/b2.sock"));
         assert_eq!(c.ports[1].role, Role::Server);
         assert_eq!(c.ports[1].mac, default_mac(1));
+    }
+
+    #[test]
+    fn vfio_user_ports_from_flags_and_file() {
+        let toml = r#"
+            [[port]]
+            name = "vm"
+            socket = "/tmp/vm.sock"
+            transport = "vfio-user"
+        "#;
+        let mut flags = flags_with(&[("a", "/tmp/a.sock")]);
+        flags.vfio_user_ports = vec![("b".into(), PathBuf::from("/tmp/b.sock"))];
+        let c = Config::from_toml(toml, flags, 2).unwrap();
+        let kinds: Vec<_> = c
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.transport))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("vm", Transport::VfioUser),
+                ("a", Transport::VhostUser),
+                ("b", Transport::VfioUser)
+            ]
+        );
+        let client = r#"
+            [[port]]
+            name = "vm"
+            socket = "/tmp/vm.sock"
+            transport = "vfio-user"
+            client = true
+        "#;
+        let err = Config::from_toml(client, Overrides::default(), 2).unwrap_err();
+        assert!(
+            err.to_string().contains("vfio-user port is a server"),
+            "{err}"
+        );
+        let mq = client.replace("client = true", "queues = 2");
+        assert!(Config::from_toml(&mq, Overrides::default(), 2).is_err());
+        let unknown = client
+            .replace("client = true", "")
+            .replace("vfio-user", "tap");
+        assert!(Config::from_toml(&unknown, Overrides::default(), 2).is_err());
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl ControlLoop {
         };
         if let Err(e) = add(&self.epoll, fd, token(KIND_SESSION, index)) {
             tracing::error!(port = %self.ports[index].config.name, "cannot watch connection: {e}");
-            self.ports[index].detach(&SessionEnd::ReplyFailed(e));
+            self.ports[index].detach(&SessionEnd::ReplyFailed(e).into());
         }
     }
 
@@ -187,10 +187,7 @@ impl ControlLoop {
     /// mapping): the fence kept the PMDs alive, and the port is reset for the next one.
     fn fail_faulted_ports(&mut self) {
         for port in &mut self.ports {
-            let faults = port
-                .session
-                .as_ref()
-                .map_or(0, |s| s.device().memory_faults());
+            let faults = port.session.as_ref().map_or(0, |s| s.memory_faults());
             if faults == 0 {
                 continue;
             }
@@ -200,7 +197,7 @@ impl ControlLoop {
                     .epoll
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
-            port.detach(&SessionEnd::MemoryFault(faults));
+            port.detach(&SessionEnd::MemoryFault(faults).into());
         }
     }
 
@@ -215,7 +212,7 @@ impl ControlLoop {
             && events.intersects(EventSet::HANG_UP | EventSet::ERROR)
             && !events.contains(EventSet::IN)
         {
-            result = Err(SessionEnd::PeerClosed);
+            result = Err(SessionEnd::PeerClosed.into());
         }
         if let Err(end) = result {
             let _ = self

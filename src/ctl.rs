@@ -14,7 +14,8 @@ use pmd::dataplane::Dataplane;
 use pmd::stats::DropReason;
 use serde_json::{json, Value};
 
-use crate::config::Role;
+use crate::config::{Role, Transport};
+use crate::connection::Connection;
 use crate::port::Port;
 
 /// Where `run` listens and `ctl` connects unless told otherwise.
@@ -181,7 +182,24 @@ fn port_state(ports: &[Port]) -> Value {
                 "connected": p.session.is_some(),
                 "last_disconnect": p.last_end,
             });
-            if let Some(s) = &p.session {
+            v["transport"] = json!(match p.config.transport {
+                Transport::VhostUser => "vhost-user",
+                Transport::VfioUser => "vfio-user",
+            });
+            if let Some(Connection::VfioUser(s)) = &p.session {
+                let d = s.device();
+                v["features"] = json!(format!("{:#x}", d.driver_features()));
+                v["status"] = json!(d.status());
+                v["dma_maps"] = json!(d.dma_maps());
+                v["memory_regions"] = json!(d.memory().regions().len());
+                v["rings"] = json!(d
+                    .started_rings()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, started)| json!({ "ring": i, "started": started }))
+                    .collect::<Vec<_>>());
+            }
+            if let Some(Connection::VhostUser(s)) = &p.session {
                 let d = s.device();
                 let rings: Vec<Value> = d
                     .rings()

@@ -80,6 +80,10 @@ struct RunArgs {
     /// A client-mode port: the switch connects to a front-end listening on SOCKET_PATH.
     #[arg(long = "client", value_name = "NAME=SOCKET_PATH", value_parser = config::parse_port_arg)]
     clients: Vec<(String, PathBuf)>,
+    /// A vfio-user port: the switch creates SOCKET_PATH and serves a virtio-net PCI device
+    /// to a VMM (QEMU `-device vfio-user-pci`).
+    #[arg(long = "vfio-user-port", value_name = "NAME=SOCKET_PATH", value_parser = config::parse_port_arg)]
+    vfio_user_ports: Vec<(String, PathBuf)>,
     /// Switching mode.
     #[arg(long, value_enum)]
     mode: Option<Mode>,
@@ -180,6 +184,7 @@ fn run(args: RunArgs) -> Result<()> {
     let flags = Overrides {
         server_ports: args.ports,
         client_ports: args.clients,
+        vfio_user_ports: args.vfio_user_ports,
         mode: args.mode,
         pmd_cores,
         control_core: args.control_core,

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use pmd::dataplane::Dataplane;
 use thiserror::Error;
 
-use crate::config::{PortConfig, Role};
+use crate::config::{PortConfig, Role, Transport};
+use crate::connection::{Connection, End};
 use crate::vhost_user::device::{DeviceConfig, Limits};
-use crate::vhost_user::session::{Session, SessionCounters, SessionEnd};
+use crate::vhost_user::session::{Session, SessionCounters};
 
 /// First and largest delay between client-mode connection attempts.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -76,7 +77,7 @@ pub struct Port {
     /// Listener or reconnect state.
     pub endpoint: Endpoint,
     /// The connected front-end, if any.
-    pub session: Option<Session>,
+    pub session: Option<Connection>,
     /// Counters kept across sessions.
     pub counters: SessionCounters,
     /// Why the last session ended.
@@ -126,7 +127,14 @@ impl Port {
 
     /// Starts a session on a new connection.
     pub fn attach(&mut self, stream: UnixStream) -> io::Result<()> {
-        let session = Session::new(stream, self.device_config())?;
+        let session = match self.config.transport {
+            Transport::VhostUser => {
+                Connection::VhostUser(Box::new(Session::new(stream, self.device_config())?))
+            }
+            Transport::VfioUser => Connection::VfioUser(Box::new(
+                crate::vfio_user::session::Session::new(stream, self.device_config())?,
+            )),
+        };
         self.counters.connections += 1;
         self.session = Some(session);
         if let Endpoint::Client {
@@ -142,16 +150,15 @@ impl Port {
     }
 
     /// Ends the session: rings stop, memory is unmapped, descriptors close; counters stay.
-    pub fn detach(&mut self, why: &SessionEnd) {
+    pub fn detach(&mut self, why: &End) {
         if self.session.take().is_some() {
-            if matches!(why, SessionEnd::MemoryFault(_)) {
+            if why.is_memory_fault() {
                 self.counters.memory_faults += 1;
             }
-            match why {
-                SessionEnd::PeerClosed => {
-                    tracing::info!(port = %self.config.name, "front-end disconnected")
-                }
-                other => tracing::warn!(port = %self.config.name, "connection closed: {other}"),
+            if why.is_peer_closed() {
+                tracing::info!(port = %self.config.name, "front-end disconnected");
+            } else {
+                tracing::warn!(port = %self.config.name, "connection closed: {why}");
             }
             self.last_end = Some(why.to_string());
         }

@@ -16,6 +16,6 @@ pub mod features;
 pub mod mem_table;
 pub mod rings;
 pub mod session;
-mod socket;
+pub(crate) mod socket;
 pub mod violation;
 pub mod wire;
