@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pmd::memory::GuestMemoryMap;
 use pmd::queue::{RingFeatures, RingRuntime, RingShared};
 use pmd::snapshot::PortSnapshot;
-use pmd::vring::{self, RingAddrs};
+use pmd::vring::{self, Layout, RingAddrs};
 
 use super::common_cfg::{CommonCfg, Effects};
 use super::dma::DmaTable;
@@ -27,7 +27,6 @@ use super::version::{self, ServerCaps};
 use super::wire::{Command, Request, MAX_DATA_XFER};
 use crate::vhost_user::config_space;
 use crate::vhost_user::device::DeviceConfig;
-use crate::vhost_user::features::{bit, mask};
 
 /// VFIO device flags: resettable PCI device.
 const DEVICE_FLAGS: u32 = (1 << 0) | (1 << 1);
@@ -445,13 +444,9 @@ impl VirtioNetPci {
         self.rings.iter().any(Option::is_some)
     }
 
-    fn ring_features(&self) -> (u64, RingFeatures, bool) {
+    fn ring_features(&self) -> (u64, RingFeatures, Layout) {
         let f = self.common.driver_features();
-        (
-            f,
-            RingFeatures::from_features(f),
-            f & mask(bit::EVENT_IDX) != 0,
-        )
+        (f, RingFeatures::from_features(f), Layout::from_features(f))
     }
 
     fn addrs(q: &super::common_cfg::QueueConfig) -> RingAddrs {
@@ -467,13 +462,13 @@ impl VirtioNetPci {
         if !self.common.driver_ok() {
             return false;
         }
-        let (_, features, event_idx) = self.ring_features();
+        let (_, features, layout) = self.ring_features();
         let mut started = false;
         for (i, q) in self.common.queues().iter().enumerate() {
             if !q.enabled || self.rings[i].is_some() {
                 continue;
             }
-            match vring::translate(&self.memory, q.size, Self::addrs(q), event_idx) {
+            match vring::translate(&self.memory, q.size, Self::addrs(q), layout) {
                 Ok(t) => {
                     let call = self.call_fd(q.msix_vector);
                     let runtime = RingRuntime::start(
@@ -521,10 +516,10 @@ impl VirtioNetPci {
         if !self.any_ring_started() {
             return;
         }
-        let (_, _, event_idx) = self.ring_features();
+        let (_, _, layout) = self.ring_features();
         for (i, q) in self.common.queues().iter().enumerate() {
             if self.rings[i].is_some()
-                && vring::translate(&self.memory, q.size, Self::addrs(q), event_idx).is_err()
+                && vring::translate(&self.memory, q.size, Self::addrs(q), layout).is_err()
             {
                 tracing::warn!(port = %self.cfg.port, queue = i, "ring stopped: its memory was unmapped");
                 self.rings[i] = None;
@@ -536,12 +531,12 @@ impl VirtioNetPci {
     /// Hands the data plane a snapshot of the started rings and waits until every PMD
     /// has taken it.
     fn republish(&mut self) {
-        let (features, ring_features, event_idx) = self.ring_features();
+        let (features, ring_features, layout) = self.ring_features();
         let mut rings = Vec::with_capacity(self.rings.len());
         for (i, shared) in self.rings.iter().enumerate() {
             let q = &self.common.queues()[i];
             let runtime = shared.as_ref().and_then(|shared| {
-                vring::translate(&self.memory, q.size, Self::addrs(q), event_idx)
+                vring::translate(&self.memory, q.size, Self::addrs(q), layout)
                     .ok()
                     .map(|t| {
                         RingRuntime::new(
