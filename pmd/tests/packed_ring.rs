@@ -197,7 +197,6 @@ impl Driver {
         let w = if writable { F_WRITE } else { 0 };
         if self.packed {
             let id = self.free.pop().unwrap();
-            let round = if self.avail_wrap { F_AVAIL } else { F_USED };
             let mut descs = Vec::new();
             let head_pos = self.next_avail;
             let mut head_flags = 0;
@@ -232,7 +231,6 @@ impl Driver {
                     self.avail_wrap = !self.avail_wrap;
                 }
             }
-            let _ = round;
             mem.store_u16(self.base + 16 * u64::from(head_pos) + 14, head_flags);
             self.free_slots -= entries.len() as u16;
             self.in_flight.push_back(Posted {
@@ -279,6 +277,20 @@ impl Driver {
         p
     }
 
+    /// The chains a used entry naming `id` returns: with IN_ORDER one entry may stand for
+    /// every chain up to `id`.
+    fn batch(&self, id: u16) -> Vec<u16> {
+        if !self.in_order {
+            return vec![id];
+        }
+        let upto = self
+            .in_flight
+            .iter()
+            .position(|p| p.id == id)
+            .expect("in-order used id in flight");
+        self.in_flight.iter().take(upto + 1).map(|p| p.id).collect()
+    }
+
     /// The chains the device used since the last call, each with the bytes it wrote.
     fn used(&mut self, mem: &Memory) -> Vec<(Posted, u32)> {
         let mut out = Vec::new();
@@ -293,17 +305,7 @@ impl Driver {
                 }
                 let id = u16::from_le_bytes(mem.read(at + 12, 2).try_into().unwrap());
                 let len = mem.u32_at(at + 8);
-                // With IN_ORDER one used descriptor may stand for every chain up to `id`.
-                let batch: Vec<u16> = if self.in_order {
-                    let upto = self
-                        .in_flight
-                        .iter()
-                        .position(|p| p.id == id)
-                        .expect("in-order used id in flight");
-                    self.in_flight.iter().take(upto + 1).map(|p| p.id).collect()
-                } else {
-                    vec![id]
-                };
+                let batch = self.batch(id);
                 for (k, &chain) in batch.iter().enumerate() {
                     let p = self.complete(chain);
                     let n = p.descs.len() as u16;
@@ -323,16 +325,7 @@ impl Driver {
                 let at = self.base + 0x2000 + 4 + 8 * slot;
                 let id = mem.u32_at(at) as u16;
                 let len = mem.u32_at(at + 4);
-                let batch: Vec<u16> = if self.in_order {
-                    let upto = self
-                        .in_flight
-                        .iter()
-                        .position(|p| p.id == id)
-                        .expect("in-order used id in flight");
-                    self.in_flight.iter().take(upto + 1).map(|p| p.id).collect()
-                } else {
-                    vec![id]
-                };
+                let batch = self.batch(id);
                 let count = batch.len();
                 for (k, &chain) in batch.iter().enumerate() {
                     let p = self.complete(chain);
