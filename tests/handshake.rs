@@ -385,6 +385,13 @@ fn r7_packed_ring_base_is_a_position_and_a_wrap_counter() {
     let beyond = 0x8000 | u32::from(QUEUE_SIZE);
     assert_nack(fe.setup_vring(0, &guest.rings[0], beyond, 0, None, None, true));
     d.wait_log("a packed ring's position must be below its size");
+    // A device stopped at position 5 of the first round used descriptors 0-4: their
+    // flags say so (the switch checks a packed base against the ring's USED bits).
+    let used = (1u16 << 7 | 1 << 15).to_le_bytes();
+    for pos in 0..5u64 {
+        let at = guest.rings[1].desc_offset() + 16 * pos + 14;
+        guest.mem.write(at, &used).unwrap();
+    }
     fe.setup_vring(1, &guest.rings[1], 0x8005, 0, None, None, true)
         .unwrap();
     assert_eq!(fe.get_vring_base(1).unwrap(), 0x8005_8005);
