@@ -245,7 +245,10 @@ fn get_vring_base_then_reconnect_resumes_at_the_right_index() {
     let tx_base = a.fe.get_vring_base(1).unwrap();
     let rx_base = a.fe.get_vring_base(0).unwrap();
     assert_eq!(tx_base, 300);
-    assert_eq!(u32::from(a.drv.tx_queue().next_avail()), tx_base);
+    assert_eq!(
+        u32::from(a.drv.tx_queue().as_split().unwrap().next_avail()),
+        tx_base
+    );
     // Reconnect with the same guest memory and rings (QEMU reconnect=1): rings start at
     // the bases, and the driver's state carries on.
     a.fe.conn().shutdown_write().unwrap();
@@ -311,7 +314,7 @@ fn guest_is_interrupted_only_when_it_asks_and_never_asked_to_kick() {
     );
     // The switch polls: it asks the driver not to kick.
     assert_eq!(
-        a.drv.tx_queue().used_flags() & 1,
+        a.drv.tx_queue().as_split().unwrap().used_flags() & 1,
         1,
         "VRING_USED_F_NO_NOTIFY not set"
     );
@@ -366,7 +369,7 @@ fn corrupt_tx(
     f: impl FnOnce(&mut vhost_kit::driver::split::DriverQueue<'_>, u16),
 ) {
     let frame = make_frame(64, local_mac(4), guest.mac, 0);
-    let q = guest.drv.tx_queue_mut();
+    let q = guest.drv.tx_queue_mut().as_split_mut().unwrap();
     let gpa = guest.layout.pool_offset;
     let head = q
         .add_chain(&[Seg::readable(gpa, 12 + frame.len() as u32)])
@@ -464,7 +467,7 @@ fn hostile_bogus_indirect_table() {
 fn hostile_avail_index_jump() {
     hostile(
         |g| {
-            let q = g.drv.tx_queue_mut();
+            let q = g.drv.tx_queue_mut().as_split_mut().unwrap();
             let jump = q.next_avail().wrapping_add(q.queue_size() + 7);
             q.raw_set_avail_idx(jump);
         },

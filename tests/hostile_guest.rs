@@ -123,7 +123,7 @@ fn buffer_straddling_a_region_boundary_is_delivered_intact() {
     let cut = (low.size() as u64 - start) as usize;
     low.write(start, &bytes[..cut]).unwrap();
     high.write(0, &bytes[cut..]).unwrap();
-    let q = a.drv.tx_queue_mut();
+    let q = a.drv.tx_queue_mut().as_split_mut().unwrap();
     let head = q
         .add_chain(&[Seg::readable(start, bytes.len() as u32)])
         .unwrap();
@@ -149,7 +149,7 @@ fn nested_indirect_table_is_dropped_and_the_ring_goes_on() {
         next: 0,
     };
     m0.write(0x30_0000, &inner.to_bytes()).unwrap();
-    let q = a.drv.tx_queue_mut();
+    let q = a.drv.tx_queue_mut().as_split_mut().unwrap();
     let head = q.add_chain(&[Seg::readable(0x30_0000, 16)]).unwrap();
     q.raw_write_desc(
         head,

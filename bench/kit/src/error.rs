@@ -102,6 +102,20 @@ pub enum DeviceError {
         /// The id written by the device.
         id: u16,
     },
+    /// VIRTIO_F_IN_ORDER: a used entry names a chain further ahead than the used index
+    /// (split) or the published chains (packed) allow: the batch it closes would hold
+    /// buffers the device did not return.
+    #[error(
+        "in-order used entry id {id} closes a batch of {batch} buffers, only {returned} returned"
+    )]
+    InOrderBatchTooLong {
+        /// The id written by the device.
+        id: u16,
+        /// Buffers the batch would hold (the named one included).
+        batch: u16,
+        /// Buffers the device returned.
+        returned: u16,
+    },
     /// A used entry's len exceeds the chain's device-writable bytes. The chain is returned
     /// to the driver (its buffers can be recycled through `id`).
     #[error("used entry id {id} has len {len}, larger than the {max} writable bytes")]

@@ -81,8 +81,8 @@ use bits::*;
 
 /// The virtio-net bits QEMU 7.2 forwards to a vhost-user backend from what a Linux 6.1
 /// guest acks (QEMU's `user_feature_bits` ∩ Linux's driver features). QEMU keeps MAC,
-/// STATUS and CTRL_* to itself. RING_PACKED is left out because the bench drives split
-/// rings (a real guest would take it if offered).
+/// STATUS and CTRL_* to itself. RING_PACKED is left out because the replays lay out split
+/// rings (a real guest would take it if offered; `Ring::layout_as` lays out packed ones).
 pub const LINUX_GUEST_FEATURES: u64 = F_VERSION_1
     | NET_F_CSUM
     | NET_F_GUEST_CSUM

@@ -73,6 +73,13 @@ struct Common {
     /// Longest wait for in-flight frames after traffic stops, milliseconds.
     #[arg(long, default_value_t = 500)]
     drain_ms: u64,
+    /// Use packed virtqueues (VIRTIO_F_RING_PACKED) where the backend offers them (split
+    /// rings and a warning elsewhere).
+    #[arg(long)]
+    packed: bool,
+    /// Negotiate VIRTIO_F_IN_ORDER if offered.
+    #[arg(long)]
+    in_order: bool,
     /// Hugetlb guest memory: try (fall back to 4 KiB pages with a warning), never, require.
     #[arg(long, default_value = "try", value_parser = parse_huge)]
     hugepages: HugePages,
@@ -198,6 +205,8 @@ fn config(c: &Common) -> anyhow::Result<Config> {
         verify: c.verify,
         drain: Duration::from_millis(c.drain_ms),
         hugepages: c.hugepages,
+        packed: c.packed,
+        in_order: c.in_order,
         stop: Some(stop_flag()),
         ..Config::default()
     })

@@ -2,8 +2,12 @@
 //! then start the rings, in DPDK 22.11 virtio_user's order (`/work/shared/PEERS.md`):
 //! SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_VRING_CALL ×2, SET_FEATURES,
 //! SET_STATUS(FEATURES_OK) + GET_STATUS, SET_MEM_TABLE, per ring NUM/BASE/ADDR/KICK,
-//! SET_VRING_ENABLE 1 ×2, SET_STATUS(DRIVER_OK). Stopping: SET_VRING_ENABLE 0 ×2,
-//! GET_VRING_BASE ×2.
+//! SET_VRING_ENABLE 1 ×2, SET_STATUS(DRIVER_OK), then one round trip (GET_STATUS, or
+//! GET_FEATURES without STATUS) so that the back-end has acted on DRIVER_OK before traffic
+//! starts (virtio_user does not send it). Stopping: SET_VRING_ENABLE 0 ×2,
+//! GET_VRING_BASE ×2. Packed rings (RING_PACKED negotiated) go through the same messages:
+//! SET_VRING_ADDR carries the descriptor ring and the driver and device event areas,
+//! SET_VRING_BASE index 0 with wrap counter 1 (32768), as DPDK's virtio_user sends.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -118,8 +122,8 @@ pub(crate) fn connect(
     }
 }
 
-/// Negotiates features: VERSION_1, bit 30, MRG_RXBUF and `extra` (EVENT_IDX, INDIRECT_DESC)
-/// as far as offered; MQ, REPLY_ACK, STATUS protocol features when offered; FEATURES_OK
+/// Negotiates features: VERSION_1, bit 30, MRG_RXBUF and `extra` (EVENT_IDX, INDIRECT_DESC,
+/// RING_PACKED, IN_ORDER) as far as offered; MQ, REPLY_ACK, STATUS protocol features when offered; FEATURES_OK
 /// checked with GET_STATUS when STATUS was negotiated.
 pub(crate) fn negotiate(mut fe: Frontend, extra: u64, name: &str) -> anyhow::Result<Session> {
     let ctx = |what: &str| format!("port {name}: {what}");
@@ -182,7 +186,7 @@ pub(crate) fn start(
         .with_context(|| ctx("SET_MEM_TABLE"))?;
     for (i, v) in [rx, tx].into_iter().enumerate() {
         let kick = s.kick[i].as_raw_fd();
-        s.fe.setup_vring(i as u32, v, 0, 0, Some(kick), None, false)
+        s.fe.setup_vring(i as u32, v, v.initial_base(), 0, Some(kick), None, false)
             .with_context(|| ctx("ring setup"))?;
     }
     if s.features & PROTOCOL_FEATURES != 0 {
@@ -195,6 +199,18 @@ pub(crate) fn start(
         let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         s.fe.set_status(st, ack)
             .with_context(|| ctx("SET_STATUS(DRIVER_OK)"))?;
+    }
+    // One more round trip before traffic: a back-end may act on the message that made the
+    // device ready after it replied to it (DPDK 22.11 attaches its net_vhost port only
+    // then, and drops what it forwards to a port not yet attached); it has finished once
+    // it answers the next request.
+    if s.has(P::STATUS) {
+        let st = s.fe.get_status().with_context(|| ctx("GET_STATUS"))?;
+        if st & u64::from(STATUS_DRIVER_OK) == 0 {
+            tracing::warn!("port {name}: back-end status {st:#x} lacks DRIVER_OK");
+        }
+    } else {
+        s.fe.get_features().with_context(|| ctx("GET_FEATURES"))?;
     }
     Ok(())
 }
@@ -286,6 +302,7 @@ mod tests {
             (R::SET_VRING_ENABLE, false),
             (R::SET_VRING_ENABLE, false),
             (R::SET_STATUS, true),
+            (R::GET_STATUS, false),
             (R::SET_VRING_ENABLE, false),
             (R::SET_VRING_ENABLE, false),
             (R::GET_VRING_BASE, false),
@@ -316,6 +333,49 @@ mod tests {
             seen.iter().all(|&(r, _)| r != enable && r != status),
             "{seen:?}"
         );
+        // The round trip that ends the start is a GET_FEATURES here.
+        assert_eq!(seen.last(), Some(&(u32::from(R::GET_FEATURES), false)));
+    }
+
+    #[test]
+    fn packed_rings_are_set_up_with_their_areas_and_wrap_counter() {
+        let offered = OFFERED | F_RING_PACKED | F_IN_ORDER;
+        let (sock, t) = scripted_backend(offered, PROTOCOL, u64::MAX, 7);
+        let extra = F_RING_PACKED | F_IN_ORDER;
+        let mut s = negotiate(Frontend::from_stream(sock).unwrap(), extra, "t").unwrap();
+        assert_eq!(s.features & extra, extra);
+        let mem = SharedMemory::new(1 << 20, HugePages::Never).unwrap();
+        let rx = Vring::new_packed(&mem, 0, 256).unwrap();
+        let tx = Vring::new_packed(&mem, rx.end_offset(), 256).unwrap();
+        start(&mut s, &mem, &rx, &tx, "t").unwrap();
+        drop(s);
+        let seen = t.join().unwrap();
+        let payloads = |req: R| -> Vec<Vec<u8>> {
+            seen.iter()
+                .filter(|m| m.req == u32::from(req))
+                .map(|m| m.payload.clone())
+                .collect()
+        };
+        let u64_at = |p: &[u8], at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap());
+        let u32_at = |p: &[u8], at: usize| u32::from_le_bytes(p[at..at + 4].try_into().unwrap());
+        let features = payloads(R::SET_FEATURES);
+        assert_eq!(u64_at(&features[0], 0) & extra, extra);
+        // SET_VRING_BASE: index 0, wrap counter 1 (bit 15), as DPDK's virtio_user sends.
+        let bases: Vec<(u32, u32)> = payloads(R::SET_VRING_BASE)
+            .iter()
+            .map(|p| (u32_at(p, 0), u32_at(p, 4)))
+            .collect();
+        assert_eq!(bases, [(0, 32768), (1, 32768)]);
+        // SET_VRING_ADDR (index, flags, desc, used, avail, log): the descriptor ring, the
+        // device event area as "used", the driver event area as "avail".
+        let addrs = payloads(R::SET_VRING_ADDR);
+        for (p, v) in addrs.iter().zip([&rx, &tx]) {
+            assert_eq!(
+                (u64_at(p, 8), u64_at(p, 16), u64_at(p, 24)),
+                (v.desc_user_addr(), v.used_user_addr(), v.avail_user_addr())
+            );
+            assert_eq!(v.used_offset(), v.avail_offset() + 4);
+        }
     }
 
     #[test]

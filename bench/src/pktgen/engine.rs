@@ -12,6 +12,7 @@ use super::port::{classes, PortRole, PortRt};
 use super::rate::RateLimiter;
 use super::report::{DirectionReport, PortReport, Report, Rfc2544Report, Rfc2544Step};
 use super::{Config, FrameSize, Mode, Progress};
+use vhost_kit::sequences::bits::F_IN_ORDER;
 
 /// Default rate of the latency mode (pps per direction).
 pub const LATENCY_DEFAULT_PPS: f64 = 10_000.0;
@@ -643,6 +644,8 @@ impl<'c, 'm> Engine<'c, 'm> {
                 socket: p.info.socket.clone(),
                 role: p.info.role.clone(),
                 features: format!("{:#x}", p.net.features()),
+                ring: p.net.rx_queue().layout().name().to_string(),
+                in_order: p.net.features() & F_IN_ORDER != 0,
                 protocol_features: format!("{:#x}", p.info.protocol_features),
                 hdr_len: p.net.hdr_len(),
                 hugepages: p.info.hugepages,

@@ -15,10 +15,11 @@
 //! ```
 //!
 //! How it works: every port gets its own guest memory (a memfd, hugetlb pages when
-//! possible), a [`ZcNet`](vhost_kit::driver::ZcNet) driver over a receive and a transmit split
-//! ring, and a vhost-user session ([`attach`]: client or server role, DPDK virtio_user's
-//! message order, VERSION_1 + bit 30 + MRG_RXBUF, optionally EVENT_IDX / INDIRECT_DESC;
-//! REPLY_ACK, MQ, STATUS when offered). Rings ask for no interrupts; kicks are written only
+//! possible), a [`ZcNet`](vhost_kit::driver::ZcNet) driver over a receive and a transmit
+//! ring (split, or packed with [`Config::packed`] when the backend offers RING_PACKED), and
+//! a vhost-user session (`attach`: client or server role, DPDK virtio_user's message
+//! order, VERSION_1 + bit 30 + MRG_RXBUF, optionally EVENT_IDX / INDIRECT_DESC /
+//! RING_PACKED / IN_ORDER as far as offered; REPLY_ACK, MQ, STATUS when offered). Rings ask for no interrupts; kicks are written only
 //! when the backend asks for them. One thread (pinned to `core`) polls every port in turn:
 //! RX burst, TX reclaim, TX burst (see [`port`] for the per-packet work: a 64-byte restamp
 //! of a prebuilt frame on TX, a 76-byte peek on RX, nothing allocated).
@@ -67,7 +68,9 @@ use engine::{topology, Engine};
 use port::{Plan, PortInfo, PortRt};
 use vhost_kit::driver::split::Kick;
 use vhost_kit::memory::{HugePages, SharedMemory};
-use vhost_kit::sequences::bits::{RING_F_EVENT_IDX, RING_F_INDIRECT_DESC};
+use vhost_kit::sequences::bits::{
+    F_IN_ORDER, F_RING_PACKED, RING_F_EVENT_IDX, RING_F_INDIRECT_DESC,
+};
 
 /// What the generator does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +313,12 @@ pub struct Config {
     pub event_idx: bool,
     /// Negotiate VIRTIO_RING_F_INDIRECT_DESC if offered (never used for sending).
     pub indirect: bool,
+    /// Negotiate VIRTIO_F_RING_PACKED if offered: packed rings on the ports whose backend
+    /// offers it, split rings (and a warning) on the others.
+    pub packed: bool,
+    /// Negotiate VIRTIO_F_IN_ORDER if offered (the backend may then return a batch of
+    /// buffers with one used entry).
+    pub in_order: bool,
     /// Loopback: swap source and destination MAC of echoed frames.
     pub macswap: bool,
     /// RX buffer size with MRG_RXBUF (without it, RX buffers hold the largest frame).
@@ -340,6 +349,8 @@ impl Default for Config {
             hugepages: HugePages::Try,
             event_idx: false,
             indirect: false,
+            packed: false,
+            in_order: false,
             macswap: false,
             rx_buf_size: 2048,
             rfc2544: Rfc2544Options::default(),
@@ -410,7 +421,7 @@ impl Config {
         Ok(())
     }
 
-    fn extra_features(&self) -> u64 {
+    pub(crate) fn extra_features(&self) -> u64 {
         let mut f = 0;
         if self.event_idx {
             f |= RING_F_EVENT_IDX;
@@ -418,7 +429,32 @@ impl Config {
         if self.indirect {
             f |= RING_F_INDIRECT_DESC;
         }
+        if self.packed {
+            f |= F_RING_PACKED;
+        }
+        if self.in_order {
+            f |= F_IN_ORDER;
+        }
         f
+    }
+
+    /// Warnings for the features asked for that port `name`'s backend did not give.
+    fn missing_features(&self, name: &str, negotiated: u64, warnings: &mut Vec<String>) {
+        for (asked, bit, what, instead) in [
+            (self.packed, F_RING_PACKED, "RING_PACKED", "split rings"),
+            (
+                self.in_order,
+                F_IN_ORDER,
+                "IN_ORDER",
+                "out-of-order completion",
+            ),
+        ] {
+            if asked && negotiated & bit == 0 {
+                let w = format!("port {name}: the backend does not offer {what}; using {instead}");
+                tracing::warn!("{w}");
+                warnings.push(w);
+            }
+        }
     }
 }
 
@@ -492,7 +528,9 @@ fn run_here(cfg: &Config) -> anyhow::Result<Report> {
     let mut sessions = Vec::with_capacity(cfg.ports.len());
     for spec in &cfg.ports {
         let fe = attach::connect(spec, cfg.connect_timeout, stop)?;
-        sessions.push(attach::negotiate(fe, cfg.extra_features(), &spec.name)?);
+        let s = attach::negotiate(fe, cfg.extra_features(), &spec.name)?;
+        cfg.missing_features(&spec.name, s.features, &mut warnings);
+        sessions.push(s);
     }
     let plans: Vec<Plan> = sessions
         .iter()

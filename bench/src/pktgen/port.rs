@@ -18,7 +18,7 @@ use vhost_kit::driver::zerocopy::{BufId, RxBatch, RxFrame, ZcNet, MAX_TX_CHAIN};
 use vhost_kit::error::Result;
 use vhost_kit::memory::SharedMemory;
 use vhost_kit::sequences::bits::NET_F_MRG_RXBUF;
-use vhost_kit::vring::{self, Vring};
+use vhost_kit::vring::{RingLayout, Vring};
 
 /// Class of the RX buffers (TX classes are 0..).
 pub(crate) const RX_CLASS: u8 = u8::MAX;
@@ -59,6 +59,8 @@ pub(crate) struct PortRole {
 /// Where a port's rings and buffers go in its memory.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    /// Split or packed rings (RING_PACKED negotiated).
+    pub layout: RingLayout,
     pub queue_size: u16,
     pub rx_buf: u32,
     pub rx_count: usize,
@@ -98,6 +100,7 @@ impl Plan {
             .map(|&s| align_up((64 + s) as u64, 64) as u32)
             .collect();
         Plan {
+            layout: RingLayout::for_features(features),
             queue_size: q,
             rx_buf,
             rx_count,
@@ -124,10 +127,8 @@ impl Plan {
     }
 
     fn rings_end(&self) -> u64 {
-        let q = self.queue_size;
-        let one =
-            vring::desc_table_size(q) + vring::avail_ring_size(q) + vring::used_ring_size(q) + 16;
-        2 * one
+        // Each ring starts 16-aligned after the previous one.
+        2 * (Vring::footprint(self.layout, self.queue_size) + 16)
     }
 
     fn pool_offset(&self) -> u64 {
@@ -291,8 +292,8 @@ impl<'m> PortRt<'m> {
         kick: Kick,
     ) -> Result<(Self, Vring, Vring)> {
         let q = plan.queue_size;
-        let rx = Vring::new(mem, 0, q)?;
-        let tx = Vring::new(mem, rx.end_offset(), q)?;
+        let rx = Vring::with_layout(mem, 0, q, plan.layout)?;
+        let tx = Vring::with_layout(mem, rx.end_offset(), q, plan.layout)?;
         let mut net = ZcNet::new(mem, rx, tx, features, kick)?;
         let hdr = net.hdr_len();
         let mut at = plan.pool_offset();
@@ -385,19 +386,7 @@ impl<'m> PortRt<'m> {
     }
 
     fn refill_parts(net: &mut ZcNet<'m>, rx_free: &mut Vec<BufId>) -> Result<()> {
-        let mut posted = false;
-        while net.rx_room() > 0 {
-            let Some(b) = rx_free.pop() else { break };
-            if let Err(e) = net.rx_post(b) {
-                rx_free.push(b);
-                return Err(e);
-            }
-            posted = true;
-        }
-        if posted {
-            net.rx_publish();
-        }
-        Ok(())
+        net.rx_refill(rx_free).map(|_| ())
     }
 
     /// Takes back completed TX chains (their buffers go back to their pools).

@@ -70,6 +70,12 @@ pub struct PortReport {
     pub role: String,
     /// Negotiated virtio features.
     pub features: String,
+    /// Ring layout in use: `split` or `packed` (VIRTIO_F_RING_PACKED negotiated).
+    #[serde(default)]
+    pub ring: String,
+    /// Whether VIRTIO_F_IN_ORDER was negotiated.
+    #[serde(default)]
+    pub in_order: bool,
     /// Negotiated protocol features.
     pub protocol_features: String,
     /// Net header length.
@@ -364,7 +370,7 @@ impl Report {
         for p in &self.ports {
             let _ = writeln!(
                 s,
-                "{:<8} {:>12} {:>12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>6} {:>10}  {} ({})",
+                "{:<8} {:>12} {:>12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>6} {:>10}  {} {}{} ({})",
                 p.name,
                 p.tx_packets,
                 p.rx_packets,
@@ -376,6 +382,8 @@ impl Report {
                 if p.hugepages { "yes" } else { "no" },
                 p.kicks,
                 p.features,
+                p.ring,
+                if p.in_order { " in-order" } else { "" },
                 p.role
             );
         }

@@ -18,7 +18,7 @@ use super::report::{Report, SelftestReport};
 use super::{alloc, pin, Config, Mode, PortSpec};
 use vhost_kit::driver::split::Kick;
 use vhost_kit::null_backend::NullBackend;
-use vhost_kit::sequences::bits::{F_VERSION_1, NET_F_MRG_RXBUF};
+use vhost_kit::sequences::bits::{F_IN_ORDER, F_RING_PACKED, F_VERSION_1, NET_F_MRG_RXBUF};
 
 /// Longest plausible null-device call (a burst per port); longer ones were preempted.
 const PREEMPTED_NS: u64 = 30_000;
@@ -46,7 +46,9 @@ fn selftest_here(cfg: &Config, threads: u32) -> anyhow::Result<Report> {
     cfg.validate()?;
     let mut warnings = Vec::new();
     pin(cfg.core, &mut warnings);
-    let features = F_VERSION_1 | NET_F_MRG_RXBUF;
+    // The null device offers what a backend would: packed rings and IN_ORDER when asked.
+    let features =
+        F_VERSION_1 | NET_F_MRG_RXBUF | (cfg.extra_features() & (F_RING_PACKED | F_IN_ORDER));
     let (roles, dirs) = topology(&cfg, 2);
     let plans: Vec<Plan> = roles.iter().map(|r| Plan::new(&cfg, features, r)).collect();
     let mems = plans
@@ -218,6 +220,37 @@ mod tests {
         check_clean(&selftest(&cfg(FrameSize::Imix, 7), 1).unwrap());
         // 9000-byte frames span five 2048-byte RX buffers (MRG_RXBUF).
         check_clean(&selftest(&cfg(FrameSize::Fixed(9000), 1), 1).unwrap());
+    }
+
+    #[test]
+    fn every_packet_passes_on_packed_rings_in_and_out_of_order() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for (size, in_order, threads) in [
+            (FrameSize::Fixed(64), false, 1),
+            (FrameSize::Imix, true, 1),
+            (FrameSize::Fixed(9000), true, 1),
+            (FrameSize::Fixed(128), true, 2),
+        ] {
+            let mut c = cfg(size, 5);
+            c.packed = true;
+            c.in_order = in_order;
+            if threads == 2 {
+                // As in `two_threads_and_rate_limit`: the two threads may share a core.
+                c.rate_pps = Some(20_000.0);
+            }
+            let r = selftest(&c, threads).unwrap();
+            check_clean(&r);
+            for p in &r.ports {
+                assert_eq!(
+                    (p.ring.as_str(), p.in_order),
+                    ("packed", in_order),
+                    "{p:#?}"
+                );
+            }
+            assert!(r.render_table().contains("packed"));
+        }
+        let r = selftest(&cfg(FrameSize::Fixed(64), 1), 1).unwrap();
+        assert!(r.ports.iter().all(|p| p.ring == "split" && !p.in_order));
     }
 
     #[test]

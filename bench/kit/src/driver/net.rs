@@ -1,5 +1,5 @@
-//! A virtio-net driver over two split queues (receiveq = ring 0, transmitq = ring 1) and a
-//! buffer pool preallocated in guest memory (virtio 1.2 §5.1.6).
+//! A virtio-net driver over two queues (receiveq = ring 0, transmitq = ring 1), split or
+//! packed, and a buffer pool preallocated in guest memory (virtio 1.2 §5.1.6).
 //!
 //! Nothing is allocated per packet: buffers, chain scratch space and the receive assembly
 //! buffer are sized at construction. Received frames are copied out of guest memory into
@@ -10,13 +10,13 @@ use std::fmt;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::split::{DriverQueue, Kick, Seg, UsedElem};
+use super::queue::{indirect_area_size, Kick, Queue, Seg, UsedElem};
 use crate::error::{DeviceError, Error, Result};
 use crate::memory::SharedMemory;
 use crate::sequences::bits::{
-    F_VERSION_1, NET_F_MRG_RXBUF, RING_F_EVENT_IDX, RING_F_INDIRECT_DESC,
+    F_IN_ORDER, F_VERSION_1, NET_F_MRG_RXBUF, RING_F_EVENT_IDX, RING_F_INDIRECT_DESC,
 };
-use crate::vring::Vring;
+use crate::vring::{RingLayout, Vring};
 
 /// virtio_net_hdr without num_buffers (legacy, no MRG_RXBUF).
 pub const NET_HDR_LEN: usize = 10;
@@ -46,6 +46,19 @@ pub fn net_hdr_len(features: u64) -> usize {
         NET_HDR_MRG_LEN
     } else {
         NET_HDR_LEN
+    }
+}
+
+/// Checks that every ring's layout is the one `features` call for (RING_PACKED or not).
+pub(crate) fn check_layout(features: u64, rings: &[&Vring]) -> Result<()> {
+    let want = RingLayout::for_features(features);
+    match rings.iter().find(|v| v.layout() != want) {
+        Some(v) => Err(Error::InvalidArgument(format!(
+            "a {} ring with features {features:#x}, which call for {} rings",
+            v.layout().name(),
+            want.name()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -85,10 +98,22 @@ pub struct NetLayout {
 }
 
 impl NetLayout {
-    /// Lays out RX ring, TX ring (both of `queue_size`) and the pool from `offset`.
+    /// Lays out RX ring, TX ring (both split, of `queue_size`) and the pool from `offset`.
     pub fn new(mem: &SharedMemory, offset: u64, queue_size: u16, buf_size: u32) -> Result<Self> {
-        let rx = Vring::new(mem, offset, queue_size)?;
-        let tx = Vring::new(mem, rx.end_offset(), queue_size)?;
+        Self::new_as(mem, offset, queue_size, buf_size, RingLayout::Split)
+    }
+
+    /// [`NetLayout::new`] with rings of `layout` (packed when VIRTIO_F_RING_PACKED is
+    /// negotiated: [`RingLayout::for_features`]).
+    pub fn new_as(
+        mem: &SharedMemory,
+        offset: u64,
+        queue_size: u16,
+        buf_size: u32,
+        layout: RingLayout,
+    ) -> Result<Self> {
+        let rx = Vring::with_layout(mem, offset, queue_size, layout)?;
+        let tx = Vring::with_layout(mem, rx.end_offset(), queue_size, layout)?;
         Self::with_rings(rx, tx, tx.end_offset(), buf_size)
     }
 
@@ -136,8 +161,7 @@ impl NetLayout {
 
     /// First byte after the pool.
     pub fn end_offset(&self) -> u64 {
-        self.tx_indirect()
-            + DriverQueue::indirect_area_size(self.tx.queue_size(), self.max_tx_segs())
+        self.tx_indirect() + indirect_area_size(self.tx.queue_size(), self.max_tx_segs())
     }
 
     /// Bytes of the pool.
@@ -149,14 +173,15 @@ impl NetLayout {
 /// Driver options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetOptions {
-    /// Negotiated virtio features: decide the header length, MRG_RXBUF, EVENT_IDX, and
-    /// whether [`TxLayout::Indirect`] is allowed.
+    /// Negotiated virtio features: decide the header length, MRG_RXBUF, EVENT_IDX,
+    /// IN_ORDER, and whether [`TxLayout::Indirect`] is allowed; RING_PACKED must match the
+    /// rings' layout.
     pub features: u64,
     /// TX descriptor layout.
     pub tx_layout: TxLayout,
     /// When to kick (needs [`NetDriver::set_kick_fds`]).
     pub kick: Kick,
-    /// Require used len 0 on TX (see [`DriverQueue::set_strict_len`]).
+    /// Require used len 0 on TX (see [`Queue::set_strict_len`]).
     pub strict_tx_len: bool,
 }
 
@@ -195,7 +220,7 @@ pub struct NetCounters {
     pub kick_errors: u64,
 }
 
-/// A virtio-net driver: RX and TX [`DriverQueue`]s and a buffer pool in guest memory.
+/// A virtio-net driver: RX and TX [`Queue`]s and a buffer pool in guest memory.
 pub struct NetDriver<'m> {
     mem: &'m SharedMemory,
     layout: NetLayout,
@@ -203,8 +228,8 @@ pub struct NetDriver<'m> {
     hdr_len: usize,
     mrg_rxbuf: bool,
     tx_layout: TxLayout,
-    rx: DriverQueue<'m>,
-    tx: DriverQueue<'m>,
+    rx: Queue<'m>,
+    tx: Queue<'m>,
     /// Free RX buffer indexes.
     rx_free: Vec<u16>,
     /// RX buffer of each posted head.
@@ -258,14 +283,16 @@ impl<'m> NetDriver<'m> {
                 "TxLayout::Indirect without VIRTIO_RING_F_INDIRECT_DESC".into(),
             ));
         }
+        check_layout(opts.features, &[&layout.rx, &layout.tx])?;
         let event_idx = opts.features & RING_F_EVENT_IDX != 0;
-        let mut rx = DriverQueue::new(mem, layout.rx)?;
-        let mut tx = DriverQueue::new(mem, layout.tx)?;
+        let mut rx = Queue::new(mem, layout.rx)?;
+        let mut tx = Queue::new(mem, layout.tx)?;
         let max_segs = layout.max_tx_segs();
         tx.set_indirect_area(layout.tx_indirect(), max_segs)?;
         tx.set_strict_len(opts.strict_tx_len);
         for q in [&mut rx, &mut tx] {
             q.set_event_idx(event_idx);
+            q.set_in_order(opts.features & F_IN_ORDER != 0);
             q.set_no_interrupt(true);
             q.set_kick(opts.kick);
         }
@@ -338,22 +365,23 @@ impl<'m> NetDriver<'m> {
     }
 
     /// The receive queue.
-    pub fn rx_queue(&self) -> &DriverQueue<'m> {
+    pub fn rx_queue(&self) -> &Queue<'m> {
         &self.rx
     }
 
-    /// The receive queue, for hostile tests (raw writes).
-    pub fn rx_queue_mut(&mut self) -> &mut DriverQueue<'m> {
+    /// The receive queue, for hostile tests (raw writes through [`Queue::as_split_mut`] /
+    /// [`Queue::as_packed_mut`]).
+    pub fn rx_queue_mut(&mut self) -> &mut Queue<'m> {
         &mut self.rx
     }
 
     /// The transmit queue.
-    pub fn tx_queue(&self) -> &DriverQueue<'m> {
+    pub fn tx_queue(&self) -> &Queue<'m> {
         &self.tx
     }
 
     /// The transmit queue, for hostile tests (raw writes).
-    pub fn tx_queue_mut(&mut self) -> &mut DriverQueue<'m> {
+    pub fn tx_queue_mut(&mut self) -> &mut Queue<'m> {
         &mut self.tx
     }
 
@@ -383,7 +411,7 @@ impl<'m> NetDriver<'m> {
         self.mem.guest_phys_addr() + offset
     }
 
-    fn kick(q: &mut DriverQueue<'m>, fd: Option<&EventFd>, counters: &mut NetCounters) {
+    fn kick(q: &mut Queue<'m>, fd: Option<&EventFd>, counters: &mut NetCounters) {
         if let Some(fd) = fd {
             if let Err(e) = q.kick_if_needed(fd) {
                 counters.kick_errors += 1;

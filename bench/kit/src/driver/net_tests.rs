@@ -381,7 +381,14 @@ fn a_bad_tx_used_entry_is_an_error_and_the_buffers_come_back() {
 
     // A chain id the driver never sent breaks the TX queue.
     assert_eq!(drv.send(&[&f]), 1);
-    assert_eq!(drv.tx_queue().chain(0).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        drv.tx_queue()
+            .as_split()
+            .unwrap()
+            .chain(0)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
     dev.push_used(1, 0);
     dev.publish_used();
     assert!(matches!(
@@ -489,9 +496,22 @@ fn more_than_65536_frames_loop_through_small_rings() {
     let c = *drv.counters();
     assert_eq!((c.sent, c.received, c.tx_reclaimed), (TOTAL, TOTAL, TOTAL));
     assert_eq!((c.rx_errors, c.tx_errors, c.tx_invalid), (0, 0, 0));
-    assert_eq!(drv.tx_queue().next_avail(), (TOTAL % 65536) as u16);
-    assert_eq!(tx.avail_idx(), drv.tx_queue().next_avail());
-    assert_eq!(tx.used_event(), drv.tx_queue().last_used().wrapping_sub(1));
+    assert_eq!(
+        drv.tx_queue().as_split().unwrap().next_avail(),
+        (TOTAL % 65536) as u16
+    );
+    assert_eq!(
+        tx.avail_idx(),
+        drv.tx_queue().as_split().unwrap().next_avail()
+    );
+    assert_eq!(
+        tx.used_event(),
+        drv.tx_queue()
+            .as_split()
+            .unwrap()
+            .last_used()
+            .wrapping_sub(1)
+    );
 }
 
 #[test]
@@ -522,4 +542,80 @@ fn layouts_and_options_are_checked() {
         NetDriver::new(&small, &layout, NetOptions::default()),
         Err(Error::OutOfRange { .. })
     ));
+}
+
+#[test]
+fn the_driver_runs_unchanged_on_packed_rings() {
+    use super::fake_packed::FakePackedDevice;
+    use crate::sequences::bits::{F_IN_ORDER, F_RING_PACKED};
+    use crate::vring::RingLayout;
+
+    let sizes = [60usize, 1514, 2037, 9000];
+    for tx_layout in [
+        TxLayout::HeaderInline,
+        TxLayout::HeaderSeparate,
+        TxLayout::Indirect,
+    ] {
+        let mem = memory();
+        let layout = NetLayout::new_as(&mem, 0, 16, 2048, RingLayout::Packed).unwrap();
+        let features = F_VERSION_1 | NET_F_MRG_RXBUF | RING_F_INDIRECT_DESC | F_RING_PACKED;
+        let mut drv = NetDriver::new(&mem, &layout, options(features, tx_layout)).unwrap();
+        assert!(drv.tx_queue().as_packed().is_some());
+        let mut tx = FakePackedDevice::new(&mem, &layout.tx);
+        let mut rx = FakePackedDevice::new(&mem, &layout.rx);
+        assert_eq!(drv.fill_rx().unwrap(), 16);
+        // Several rounds: both rings wrap.
+        let mut tx_slots = 0;
+        for round in 0..6u64 {
+            let frames: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| test_frame(s, round * 10 + i as u64))
+                .collect();
+            let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+            assert_eq!(drv.send(&refs), sizes.len(), "{tx_layout:?}");
+            let got = tx.consume_tx(12);
+            tx_slots += got.iter().map(|(c, _)| u32::from(c.ndesc)).sum::<u32>();
+            let sent: Vec<&Vec<u8>> = got.iter().map(|(_, b)| b).collect();
+            assert_eq!(sent, frames.iter().collect::<Vec<_>>(), "{tx_layout:?}");
+            assert_eq!(
+                got.iter().all(|(c, _)| c.indirect()),
+                tx_layout == TxLayout::Indirect
+            );
+            assert_eq!(drv.reclaim_tx().unwrap(), sizes.len());
+            // The same frames come back through RX, merged over 2048-byte buffers.
+            for f in &frames[..2] {
+                assert!(rx.deliver(f, 12, true));
+            }
+            let mut back = Vec::new();
+            assert_eq!(drv.recv_into(&mut back).unwrap(), 2);
+            assert_eq!(back, frames[..2].to_vec());
+        }
+        assert!(tx_slots > 16, "the TX ring wrapped: {tx_slots} slots");
+        assert_eq!(drv.tx_free_buffers(), 16);
+        assert_eq!(drv.counters().rx_errors + drv.counters().tx_errors, 0);
+    }
+
+    // A split layout with RING_PACKED negotiated (or the reverse) is refused.
+    let mem = memory();
+    let split = NetLayout::new(&mem, 0, 16, 2048).unwrap();
+    let packed_features = options(F_VERSION_1 | F_RING_PACKED, TxLayout::HeaderInline);
+    assert!(NetDriver::new(&mem, &split, packed_features).is_err());
+    let packed = NetLayout::new_as(&mem, 0, 16, 2048, RingLayout::Packed).unwrap();
+    assert!(NetDriver::new(&mem, &packed, NetOptions::default()).is_err());
+
+    // IN_ORDER: TX chains come back in batches of one used descriptor.
+    let features = F_VERSION_1 | F_RING_PACKED | F_IN_ORDER;
+    let mut drv = NetDriver::new(&mem, &packed, options(features, TxLayout::HeaderInline)).unwrap();
+    let mut tx = FakePackedDevice::new(&mem, &packed.tx);
+    for round in 0..5u64 {
+        let frames: Vec<Vec<u8>> = (0..5).map(|i| test_frame(64, round * 5 + i)).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        assert_eq!(drv.send(&refs), 5);
+        let chains: Vec<_> = std::iter::from_fn(|| tx.pop()).collect();
+        let slots: u16 = chains.iter().map(|c| c.ndesc).sum();
+        tx.push_used(chains[4].id, 0, slots);
+        assert_eq!(drv.reclaim_tx().unwrap(), 5, "round {round}");
+    }
+    assert_eq!(drv.tx_queue().in_flight(), 0);
 }

@@ -16,11 +16,12 @@
 //! reported as [`Error::Device`].
 
 use std::fmt;
-use std::io;
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::queue::{need_event, validate_chain, write_kick};
+pub use super::queue::{Kick, Seg, UsedElem};
 use super::shm::atomics;
 use crate::error::{DeviceError, Error, Result};
 use crate::memory::SharedMemory;
@@ -101,59 +102,6 @@ fn load_desc(table: &[AtomicU64], i: usize) -> Desc {
         u64::from_le(table[2 * i].load(Ordering::Relaxed)),
         u64::from_le(table[2 * i + 1].load(Ordering::Relaxed)),
     )
-}
-
-/// One buffer of a chain to add: guest physical address, length, direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seg {
-    /// Guest physical address.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u32,
-    /// Device-writable (the device fills it) rather than device-readable.
-    pub writable: bool,
-}
-
-impl Seg {
-    /// A device-readable buffer.
-    pub const fn readable(gpa: u64, len: u32) -> Seg {
-        Seg {
-            gpa,
-            len,
-            writable: false,
-        }
-    }
-
-    /// A device-writable buffer.
-    pub const fn writable(gpa: u64, len: u32) -> Seg {
-        Seg {
-            gpa,
-            len,
-            writable: true,
-        }
-    }
-}
-
-/// A validated used entry: the chain head and the bytes the device wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UsedElem {
-    /// Head descriptor of the returned chain.
-    pub id: u16,
-    /// Bytes written into the chain's writable buffers.
-    pub len: u32,
-}
-
-/// When the driver writes the kick eventfd after publishing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Kick {
-    /// Never (the device polls).
-    #[default]
-    Never,
-    /// When the device asks for it: `used.flags` lacks `VRING_USED_F_NO_NOTIFY`, or with
-    /// EVENT_IDX when `avail_event` lies in the newly published range.
-    IfNeeded,
-    /// After every publication, ignoring suppression (a misbehaving driver).
-    Always,
 }
 
 /// Atomic views of the fields of a split ring (driver and, in tests, device side).
@@ -264,6 +212,13 @@ pub struct DriverQueue<'m> {
     heads: Vec<HeadState>,
     indirect: Option<IndirectArea<'m>>,
     event_idx: bool,
+    /// VIRTIO_F_IN_ORDER: a used entry may stand for every chain up to it.
+    in_order: bool,
+    /// With `in_order`: the head placed at each avail slot (private: the ring is shared).
+    order: Vec<u16>,
+    /// With `in_order`: the in-order batch being consumed: the avail index of its last
+    /// chain and that chain's used entry (the one the device wrote).
+    batch: Option<(u16, UsedElem)>,
     no_interrupt: bool,
     kick: Kick,
     strict_len: bool,
@@ -281,6 +236,7 @@ impl fmt::Debug for DriverQueue<'_> {
             .field("num_free", &self.num_free)
             .field("in_flight", &self.in_flight)
             .field("event_idx", &self.event_idx)
+            .field("in_order", &self.in_order)
             .field("kick", &self.kick)
             .field("broken", &self.broken)
             .finish_non_exhaustive()
@@ -315,6 +271,9 @@ impl<'m> DriverQueue<'m> {
             heads: vec![HeadState::default(); usize::from(size)],
             indirect: None,
             event_idx: false,
+            in_order: false,
+            order: vec![0; usize::from(size)],
+            batch: None,
             no_interrupt: false,
             kick: Kick::Never,
             strict_len: true,
@@ -345,6 +304,7 @@ impl<'m> DriverQueue<'m> {
         self.kick_old = 0;
         self.last_used = 0;
         self.shadow_used = 0;
+        self.batch = None;
         self.broken = None;
         self.set_no_interrupt(self.no_interrupt);
         Ok(())
@@ -414,6 +374,23 @@ impl<'m> DriverQueue<'m> {
         self.set_no_interrupt(self.no_interrupt);
     }
 
+    /// Accepts VIRTIO_F_IN_ORDER batches or not (off by default): with it, a used entry
+    /// whose id is not the oldest outstanding chain stands for every chain from the oldest
+    /// up to it (the device skipped the entries of the others and moved used.idx past them,
+    /// virtio 1.2 §2.7.9). Those others come back with their whole writable length as used
+    /// len (the device does not say; Linux assumes the same).
+    pub fn set_in_order(&mut self, on: bool) {
+        if on && !self.in_order {
+            // Chains added before: their heads by avail slot.
+            for (head, h) in self.heads.iter().enumerate().filter(|(_, h)| h.in_flight) {
+                // head < queue size <= 32768.
+                self.order[usize::from(h.avail_pos & self.mask)] = head as u16;
+            }
+        }
+        self.in_order = on;
+        self.batch = None;
+    }
+
     /// Sets when to kick ([`Kick::Never`] by default).
     pub fn set_kick(&mut self, kick: Kick) {
         self.kick = kick;
@@ -428,7 +405,7 @@ impl<'m> DriverQueue<'m> {
 
     /// Bytes of an indirect area for a queue of `queue_size` with tables of `max_entries`.
     pub fn indirect_area_size(queue_size: u16, max_entries: u16) -> u64 {
-        u64::from(queue_size) * u64::from(max_entries) * Desc::SIZE as u64
+        super::queue::indirect_area_size(queue_size, max_entries)
     }
 
     /// Places the indirect tables at `offset` in the memory (8-aligned,
@@ -450,32 +427,6 @@ impl<'m> DriverQueue<'m> {
         Ok(())
     }
 
-    /// Validates a chain: 1..=limit segments, readable before writable, writable total
-    /// within u32. Returns the writable total.
-    fn validate(segs: &[Seg], limit: u16) -> Result<u32> {
-        if segs.is_empty() || segs.len() > usize::from(limit) {
-            return Err(Error::InvalidArgument(format!(
-                "chain of {} buffers (1..={limit} allowed)",
-                segs.len()
-            )));
-        }
-        let mut writable = 0u32;
-        let mut seen_writable = false;
-        for s in segs {
-            if s.writable {
-                seen_writable = true;
-                writable = writable.checked_add(s.len).ok_or_else(|| {
-                    Error::InvalidArgument("writable bytes of the chain overflow u32".into())
-                })?;
-            } else if seen_writable {
-                return Err(Error::InvalidArgument(
-                    "readable buffer after a writable one".into(),
-                ));
-            }
-        }
-        Ok(writable)
-    }
-
     fn seg_desc(s: &Seg, next: Option<u16>) -> Desc {
         let mut flags = if s.writable { VIRTQ_DESC_F_WRITE } else { 0 };
         if next.is_some() {
@@ -489,10 +440,9 @@ impl<'m> DriverQueue<'m> {
         }
     }
 
-    /// Puts `head` in the next avail slot (not yet published) and records it.
-    #[inline]
     /// Takes the free descriptor `head` as a one-descriptor chain (a single buffer, or an
     /// indirect table) and records it in flight; `writable` is its device-writable length.
+    #[inline]
     fn claim_single(&mut self, head: u16, writable: u32) {
         self.free_head = self.next[usize::from(head)];
         self.num_free -= 1;
@@ -508,14 +458,19 @@ impl<'m> DriverQueue<'m> {
         );
     }
 
+    /// Puts `head` in the next avail slot (not yet published) and records it.
+    #[inline]
     fn push_head(&mut self, head: u16, state: HeadState) {
         self.heads[usize::from(head)] = HeadState {
             avail_pos: self.next_avail,
             ..state
         };
+        let slot = usize::from(self.next_avail & self.mask);
+        if self.in_order {
+            self.order[slot] = head;
+        }
         // Relaxed: published by the Release store of avail.idx in `publish`.
-        self.ring.avail_ring[usize::from(self.next_avail & self.mask)]
-            .store(head.to_le(), Ordering::Relaxed);
+        self.ring.avail_ring[slot].store(head.to_le(), Ordering::Relaxed);
         self.next_avail = self.next_avail.wrapping_add(1);
         self.in_flight += 1;
     }
@@ -527,7 +482,7 @@ impl<'m> DriverQueue<'m> {
     /// `segs.len()` descriptors are free.
     pub fn add_chain(&mut self, segs: &[Seg]) -> Result<u16> {
         self.check_broken()?;
-        let writable = Self::validate(segs, self.ring.size)?;
+        let writable = validate_chain(segs, self.ring.size)?;
         let n = segs.len() as u16; // <= size (validated)
         if n > self.num_free {
             return Err(Error::QueueFull {
@@ -596,7 +551,7 @@ impl<'m> DriverQueue<'m> {
             return Err(Error::InvalidArgument("no indirect area set".into()));
         };
         let (words, offset, max): (&'m [AtomicU64], u64, u16) = (area.words, area.offset, area.max);
-        let writable = Self::validate(segs, max)?;
+        let writable = validate_chain(segs, max)?;
         if self.num_free == 0 {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         }
@@ -652,8 +607,7 @@ impl<'m> DriverQueue<'m> {
                 fence(Ordering::SeqCst);
                 if self.event_idx {
                     let event = u16::from_le(self.ring.avail_event.load(Ordering::Relaxed));
-                    // vring_need_event(event, new, old)
-                    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+                    need_event(event, new, old)
                 } else {
                     let flags = u16::from_le(self.ring.used_flags.load(Ordering::Relaxed));
                     flags & VRING_USED_F_NO_NOTIFY == 0
@@ -669,11 +623,7 @@ impl<'m> DriverQueue<'m> {
         if !self.needs_kick() {
             return Ok(false);
         }
-        match kick.write(1) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Error::Io(e)),
-        }
+        write_kick(kick)?;
         self.kicks += 1;
         Ok(true)
     }
@@ -734,11 +684,20 @@ impl<'m> DriverQueue<'m> {
     }
 
     /// Reads and validates the next used entry counted by the last `used_pending`, without
-    /// consuming it.
+    /// consuming it. `IN_ORDER` is `self.in_order` (a parameter so that the checks for
+    /// batches compile away without it): an in-order batch is noted in `batch` and handed
+    /// out chain by chain.
     #[inline]
-    fn peek_used(&self) -> std::result::Result<Option<UsedElem>, DeviceError> {
+    fn peek_used<const IN_ORDER: bool>(
+        &mut self,
+    ) -> std::result::Result<Option<UsedElem>, DeviceError> {
         if self.last_used == self.shadow_used {
             return Ok(None);
+        }
+        if IN_ORDER {
+            if let Some(batch) = self.batch {
+                return self.batch_next(batch);
+            }
         }
         let slot = usize::from(self.last_used & self.mask);
         // Relaxed: ordered after the Acquire load of used.idx in `used_pending`. Each field
@@ -759,19 +718,70 @@ impl<'m> DriverQueue<'m> {
         if !h.in_flight || !published {
             return Err(DeviceError::NotOutstanding { id });
         }
-        if len > h.writable && (self.strict_len || h.writable > 0) {
-            return Err(DeviceError::LenTooLarge {
-                id,
-                len,
-                max: h.writable,
+        let elem = UsedElem { id, len };
+        if IN_ORDER && h.avail_pos != self.last_used {
+            return self.start_batch(elem, h.avail_pos);
+        }
+        self.check_len(elem, h.writable)
+    }
+
+    /// IN_ORDER: `elem` (its chain placed at avail index `end`) stands for the chains from
+    /// `last_used` up to it; used.idx must count them all. (Chains before `last_used` are
+    /// not in flight any more.)
+    fn start_batch(
+        &mut self,
+        elem: UsedElem,
+        end: u16,
+    ) -> std::result::Result<Option<UsedElem>, DeviceError> {
+        let batch = end.wrapping_sub(self.last_used).wrapping_add(1);
+        let returned = self.shadow_used.wrapping_sub(self.last_used);
+        if batch > returned {
+            return Err(DeviceError::InOrderBatchTooLong {
+                id: elem.id,
+                batch,
+                returned,
             });
         }
+        self.batch = Some((end, elem));
+        self.batch_next((end, elem))
+    }
+
+    /// The next chain of the in-order batch `(end, last)`: the oldest one, used whole (see
+    /// `set_in_order`), or at `end` the one the device named.
+    fn batch_next(
+        &self,
+        (end, last): (u16, UsedElem),
+    ) -> std::result::Result<Option<UsedElem>, DeviceError> {
+        if self.last_used == end {
+            let h = self.heads[usize::from(last.id)];
+            return self.check_len(last, h.writable);
+        }
+        let id = self.order[usize::from(self.last_used & self.mask)];
+        let len = self.heads[usize::from(id)].writable;
         Ok(Some(UsedElem { id, len }))
     }
 
-    /// Returns chain `id` to the free list and advances `last_used`.
+    /// `elem` if its len fits the chain's `writable` bytes (see `set_strict_len`).
     #[inline]
-    fn consume(&mut self, id: u16) {
+    fn check_len(
+        &self,
+        elem: UsedElem,
+        writable: u32,
+    ) -> std::result::Result<Option<UsedElem>, DeviceError> {
+        if elem.len > writable && (self.strict_len || writable > 0) {
+            return Err(DeviceError::LenTooLarge {
+                id: elem.id,
+                len: elem.len,
+                max: writable,
+            });
+        }
+        Ok(Some(elem))
+    }
+
+    /// Returns chain `id` to the free list and advances `last_used` (`IN_ORDER` as for
+    /// `peek_used`).
+    #[inline]
+    fn consume<const IN_ORDER: bool>(&mut self, id: u16) {
         let h = &mut self.heads[usize::from(id)];
         h.in_flight = false;
         let (ndesc, last) = (h.ndesc, h.last);
@@ -779,6 +789,9 @@ impl<'m> DriverQueue<'m> {
         self.free_head = id;
         self.num_free += ndesc;
         self.in_flight -= 1;
+        if IN_ORDER && matches!(self.batch, Some((end, _)) if end == self.last_used) {
+            self.batch = None;
+        }
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx && self.last_used == self.shadow_used {
             self.write_used_event();
@@ -787,9 +800,9 @@ impl<'m> DriverQueue<'m> {
 
     /// Applies a device error found by `peek_used`: a bad len returns the chain (so that
     /// the caller can recycle `id`'s buffers); anything else breaks the queue.
-    fn fail(&mut self, e: DeviceError) -> Error {
+    fn fail<const IN_ORDER: bool>(&mut self, e: DeviceError) -> Error {
         match e {
-            DeviceError::LenTooLarge { id, .. } => self.consume(id),
+            DeviceError::LenTooLarge { id, .. } => self.consume::<IN_ORDER>(id),
             _ => self.mark_broken(e.clone()),
         }
         Error::Device(e)
@@ -802,14 +815,23 @@ impl<'m> DriverQueue<'m> {
     /// [`DeviceError::LenTooLarge`] (naming the head); other violations break the queue.
     #[inline]
     pub fn pop_used(&mut self) -> Result<Option<UsedElem>> {
+        if self.in_order {
+            self.pop_used_as::<true>()
+        } else {
+            self.pop_used_as::<false>()
+        }
+    }
+
+    #[inline]
+    fn pop_used_as<const IN_ORDER: bool>(&mut self) -> Result<Option<UsedElem>> {
         self.check_broken()?;
-        match self.peek_used() {
+        match self.peek_used::<IN_ORDER>() {
             Ok(Some(u)) => {
-                self.consume(u.id);
+                self.consume::<IN_ORDER>(u.id);
                 Ok(Some(u))
             }
             Ok(None) => Ok(None),
-            Err(e) => Err(self.fail(e)),
+            Err(e) => Err(self.fail::<IN_ORDER>(e)),
         }
     }
 
@@ -819,17 +841,26 @@ impl<'m> DriverQueue<'m> {
     #[inline]
     pub fn poll_used(&mut self, out: &mut [UsedElem]) -> Result<usize> {
         self.used_pending()?;
+        if self.in_order {
+            self.poll_used_as::<true>(out)
+        } else {
+            self.poll_used_as::<false>(out)
+        }
+    }
+
+    #[inline]
+    fn poll_used_as<const IN_ORDER: bool>(&mut self, out: &mut [UsedElem]) -> Result<usize> {
         let mut n = 0;
         while n < out.len() {
-            match self.peek_used() {
+            match self.peek_used::<IN_ORDER>() {
                 Ok(Some(u)) => {
-                    self.consume(u.id);
+                    self.consume::<IN_ORDER>(u.id);
                     out[n] = u;
                     n += 1;
                 }
                 Ok(None) => break,
                 Err(_) if n > 0 => break,
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => return Err(self.fail::<IN_ORDER>(e)),
             }
         }
         Ok(n)

@@ -581,3 +581,79 @@ fn init_zeroes_the_ring() {
     assert!(bytes.iter().all(|&b| b == 0));
     assert_eq!((q.num_free(), q.next_avail(), q.last_used()), (8, 0, 0));
 }
+
+#[test]
+fn in_order_batches_return_every_chain_up_to_the_named_one() {
+    let mem = memory();
+    let vring = Vring::new(&mem, 0, 8).unwrap();
+    let mut q = DriverQueue::new(&mem, vring).unwrap();
+    q.set_in_order(true);
+    let mut dev = FakeDevice::new(&mem, &vring);
+    let heads: Vec<u16> = [
+        vec![Seg::writable(buf(0), 100)],
+        vec![Seg::readable(buf(1), 10), Seg::writable(buf(2), 50)],
+        vec![Seg::writable(buf(3), 30)],
+        vec![Seg::writable(buf(4), 70)],
+    ]
+    .iter()
+    .map(|segs| q.add_chain(segs).unwrap())
+    .collect();
+    q.publish();
+    let chains: Vec<_> = std::iter::from_fn(|| dev.pop()).collect();
+    assert_eq!(chains.len(), 4);
+    // The first alone, then one entry (the third's id) for the second and third: used.idx
+    // moves by the batch size, the second slot is left as it was.
+    dev.push_used(u32::from(chains[0].head), 60);
+    dev.push_used(u32::from(chains[2].head), 25);
+    dev.used_idx = dev.used_idx.wrapping_add(1);
+    dev.publish_used();
+    let mut out = [UsedElem::default(); 8];
+    assert_eq!(q.poll_used(&mut out).unwrap(), 3);
+    assert_eq!(
+        out[..3],
+        [
+            UsedElem {
+                id: heads[0],
+                len: 60
+            },
+            UsedElem {
+                id: heads[1],
+                len: 50
+            },
+            UsedElem {
+                id: heads[2],
+                len: 25
+            },
+        ],
+        "the skipped chain comes back with its writable length"
+    );
+    assert_eq!((q.in_flight(), q.num_free(), q.last_used()), (1, 7, 3));
+    dev.push_used(u32::from(chains[3].head), 70);
+    dev.publish_used();
+    assert_eq!(q.poll_used(&mut out).unwrap(), 1);
+    assert_eq!(
+        out[0],
+        UsedElem {
+            id: heads[3],
+            len: 70
+        }
+    );
+
+    // A batch whose last chain lies beyond used.idx is a device error.
+    for i in 0..3 {
+        q.add_chain(&[Seg::readable(buf(i), 1)]).unwrap();
+    }
+    q.publish();
+    let chains: Vec<_> = std::iter::from_fn(|| dev.pop()).collect();
+    dev.push_used(u32::from(chains[2].head), 0);
+    dev.publish_used();
+    assert_eq!(
+        device_err(q.poll_used(&mut out)),
+        DeviceError::InOrderBatchTooLong {
+            id: chains[2].head,
+            batch: 3,
+            returned: 1
+        }
+    );
+    assert!(q.broken().is_some());
+}

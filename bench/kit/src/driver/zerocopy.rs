@@ -11,11 +11,12 @@
 //!
 //! Batching: posts write descriptors and avail entries; [`ZcNet::tx_publish`] /
 //! [`ZcNet::rx_publish`] store avail.idx once and decide the kick once per burst;
-//! [`ZcNet::rx_poll`] and [`ZcNet::tx_reclaim`] read used.idx once per call.
+//! [`ZcNet::rx_poll`] and [`ZcNet::tx_reclaim`] read used.idx once per call (packed: scan
+//! the used descriptors once). The rings are split or packed ([`Queue`]).
 //!
 //! Buffer ownership is tracked per id (free / posted for RX / posted for TX): posting a
 //! buffer that is already posted is refused, so that a caller bug cannot hand the device the
-//! same memory twice. Everything the device writes is validated by the [`DriverQueue`]s; a
+//! same memory twice. Everything the device writes is validated by the [`Queue`]s; a
 //! bad num_buffers or length comes back as an [`RxFrame`] carrying the error (with its
 //! buffers, so that the caller can recycle them), never as a panic.
 
@@ -23,11 +24,11 @@ use std::fmt;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::net::{net_hdr_len, NUM_BUFFERS_OFFSET};
-use super::split::{DriverQueue, Kick, Seg, UsedElem};
+use super::net::{check_layout, net_hdr_len, NUM_BUFFERS_OFFSET};
+use super::queue::{each, Kick, Queue, Seg, UsedElem};
 use crate::error::{DeviceError, Error, Result};
 use crate::memory::SharedMemory;
-use crate::sequences::bits::{NET_F_MRG_RXBUF, RING_F_EVENT_IDX};
+use crate::sequences::bits::{F_IN_ORDER, NET_F_MRG_RXBUF, RING_F_EVENT_IDX};
 use crate::vring::Vring;
 
 /// A buffer registered with [`ZcNet::add_buffer`].
@@ -206,11 +207,37 @@ impl FrameReader<'_> {
     }
 }
 
+/// What popping one RX used entry (`popped`, from [`Queue::pop_used`]) gave, as buffers:
+/// `Ok(Some((buf, len)))`, or `Err` with the buffer of a chain returned with a bad len
+/// (`Some`) or none (the queue broke). Returned buffers are ours again (`owner`).
+#[inline]
+fn rx_buffer(popped: Result<Option<UsedElem>>, rx_buf_of: &[BufId], owner: &mut [u8]) -> PopRx {
+    match popped {
+        Ok(Some(u)) => {
+            let b = rx_buf_of[usize::from(u.id)];
+            owner[b as usize] = FREE;
+            Ok(Some((b, u.len)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let buf = match &e {
+                Error::Device(DeviceError::LenTooLarge { id, .. }) => {
+                    let b = rx_buf_of[usize::from(*id)];
+                    owner[b as usize] = FREE;
+                    Some(b)
+                }
+                _ => None,
+            };
+            Err((e, buf))
+        }
+    }
+}
+
 /// Zero-copy virtio-net driving over a receiveq and a transmitq (see the module docs).
 pub struct ZcNet<'m> {
     mem: &'m SharedMemory,
-    rx: DriverQueue<'m>,
-    tx: DriverQueue<'m>,
+    rx: Queue<'m>,
+    tx: Queue<'m>,
     features: u64,
     hdr_len: usize,
     mrg: bool,
@@ -244,8 +271,9 @@ impl fmt::Debug for ZcNet<'_> {
 
 impl<'m> ZcNet<'m> {
     /// A driver over the rings `rx` (ring 0) and `tx` (ring 1) in `mem`: zeroes both rings,
-    /// asks for no interrupts (it polls), applies EVENT_IDX / MRG_RXBUF / the header length
-    /// from `features`, and kicks per `kick` (once [`ZcNet::set_kick_fds`] gave the fds).
+    /// asks for no interrupts (it polls), applies EVENT_IDX / IN_ORDER / MRG_RXBUF / the
+    /// header length from `features` (whose RING_PACKED must match the rings' layout), and
+    /// kicks per `kick` (once [`ZcNet::set_kick_fds`] gave the fds).
     /// TX used lengths are not checked (devices differ in what they write there).
     pub fn new(
         mem: &'m SharedMemory,
@@ -254,12 +282,14 @@ impl<'m> ZcNet<'m> {
         features: u64,
         kick: Kick,
     ) -> Result<Self> {
-        let mut rxq = DriverQueue::new(mem, rx)?;
-        let mut txq = DriverQueue::new(mem, tx)?;
+        check_layout(features, &[&rx, &tx])?;
+        let mut rxq = Queue::new(mem, rx)?;
+        let mut txq = Queue::new(mem, tx)?;
         txq.set_strict_len(false);
         let event_idx = features & RING_F_EVENT_IDX != 0;
         for q in [&mut rxq, &mut txq] {
             q.set_event_idx(event_idx);
+            q.set_in_order(features & F_IN_ORDER != 0);
             q.set_no_interrupt(true);
             q.set_kick(kick);
         }
@@ -318,12 +348,12 @@ impl<'m> ZcNet<'m> {
     }
 
     /// The receive queue.
-    pub fn rx_queue(&self) -> &DriverQueue<'m> {
+    pub fn rx_queue(&self) -> &Queue<'m> {
         &self.rx
     }
 
     /// The transmit queue.
-    pub fn tx_queue(&self) -> &DriverQueue<'m> {
+    pub fn tx_queue(&self) -> &Queue<'m> {
         &self.tx
     }
 
@@ -396,7 +426,7 @@ impl<'m> ZcNet<'m> {
     }
 
     #[inline]
-    fn kick(q: &mut DriverQueue<'m>, fd: Option<&EventFd>, stats: &mut ZcStats) {
+    fn kick(q: &mut Queue<'m>, fd: Option<&EventFd>, stats: &mut ZcStats) {
         if let Some(fd) = fd {
             match q.kick_if_needed(fd) {
                 Ok(true) => stats.kicks += 1,
@@ -437,36 +467,61 @@ impl<'m> ZcNet<'m> {
         }
     }
 
+    /// Posts buffers taken from the end of `free` (each all of it, device-writable) while
+    /// the receive ring has room, then publishes and kicks if any was posted; returns how
+    /// many. A buffer that cannot be posted (unknown, already posted) stays in `free` and
+    /// fails the call, after what was posted before it is published.
+    #[inline]
+    pub fn rx_refill(&mut self, free: &mut Vec<BufId>) -> Result<usize> {
+        let ZcNet {
+            rx,
+            mem,
+            bufs,
+            owner,
+            rx_buf_of,
+            ..
+        } = self;
+        let base = mem.guest_phys_addr();
+        let (n, result) = each!(rx, q => {
+            let mut n = 0;
+            let mut result = Ok(());
+            while q.num_free() > 0 {
+                let Some(&id) = free.last() else { break };
+                let b = match (bufs.get(id as usize), owner.get(id as usize)) {
+                    (Some(b), Some(&FREE)) => *b,
+                    _ => {
+                        result = Err(Error::InvalidArgument(format!(
+                            "buffer {id} is unknown or already posted"
+                        )));
+                        break;
+                    }
+                };
+                match q.add_buf(base + b.offset, b.cap, true) {
+                    Ok(head) => {
+                        rx_buf_of[usize::from(head)] = id;
+                        owner[id as usize] = ON_RX;
+                        free.pop();
+                        n += 1;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            (n, result)
+        });
+        if n > 0 {
+            self.rx_publish();
+        }
+        result.map(|()| n)
+    }
+
     /// Publishes the RX buffers posted so far (one avail.idx store) and kicks if needed.
     #[inline]
     pub fn rx_publish(&mut self) {
         self.rx.publish();
         Self::kick(&mut self.rx, self.rx_kick.as_ref(), &mut self.stats);
-    }
-
-    /// Pops one RX used entry: `Ok(Some((buf, len)))`, or `Err` with the buffer of a chain
-    /// returned with a bad len (`Some`) or none (the queue broke).
-    #[inline]
-    fn pop_rx(&mut self) -> PopRx {
-        match self.rx.pop_used() {
-            Ok(Some(u)) => {
-                let b = self.rx_buf_of[usize::from(u.id)];
-                self.owner[b as usize] = FREE;
-                Ok(Some((b, u.len)))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                let buf = match &e {
-                    Error::Device(DeviceError::LenTooLarge { id, .. }) => {
-                        let b = self.rx_buf_of[usize::from(*id)];
-                        self.owner[b as usize] = FREE;
-                        Some(b)
-                    }
-                    _ => None,
-                };
-                Err((e, buf))
-            }
-        }
     }
 
     /// Takes the frames the device completed (used.idx read once) into `batch` (cleared
@@ -519,30 +574,43 @@ impl<'m> ZcNet<'m> {
         self.popped.clear();
         self.popped_err.clear();
         let limit = usize::from(pending).min(limit);
-        let mut broken = None;
-        while self.popped.len() < limit {
-            match self.pop_rx() {
-                Ok(Some((b, len))) => {
-                    let off = self.bufs[b as usize].offset;
-                    self.mem.prefetch(off);
-                    self.mem.prefetch(off + 64);
-                    self.popped.push((b, len));
-                }
-                Ok(None) => break,
-                Err((e, Some(b))) => {
-                    let d = match e {
-                        Error::Device(d) => d,
-                        _ => DeviceError::RxTooShort { len: 0, min: 0 },
-                    };
-                    self.popped_err.push((self.popped.len(), d));
-                    self.popped.push((b, 0));
-                }
-                Err((e, None)) => {
-                    broken = Some(e);
-                    break;
+        let ZcNet {
+            rx,
+            mem,
+            bufs,
+            owner,
+            rx_buf_of,
+            popped,
+            popped_err,
+            ..
+        } = self;
+        let broken = each!(rx, q => {
+            let mut broken = None;
+            while popped.len() < limit {
+                match rx_buffer(q.pop_used(), rx_buf_of, owner) {
+                    Ok(Some((b, len))) => {
+                        let off = bufs[b as usize].offset;
+                        mem.prefetch(off);
+                        mem.prefetch(off + 64);
+                        popped.push((b, len));
+                    }
+                    Ok(None) => break,
+                    Err((e, Some(b))) => {
+                        let d = match e {
+                            Error::Device(d) => d,
+                            _ => DeviceError::RxTooShort { len: 0, min: 0 },
+                        };
+                        popped_err.push((popped.len(), d));
+                        popped.push((b, 0));
+                    }
+                    Err((e, None)) => {
+                        broken = Some(e);
+                        break;
+                    }
                 }
             }
-        }
+            broken
+        });
         if self.popped.is_empty() {
             return match broken {
                 Some(e) => Err(e),
