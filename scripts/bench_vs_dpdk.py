@@ -8,6 +8,8 @@ Generators (front-ends, CPU 0):
   pktgen:  vhost-pktgen --mode pair (both directions, one thread);
   testpmd: dpdk-testpmd with two net_virtio_user ports, io forwarding, a closed loop
            started with `start tx_first 64` (the second opinion).
+  pktgen-packed, testpmd-packed: the same on packed rings (`--packed`, `packed_vq=1`);
+           both back-ends then serve packed rings.
 
 Placement classes. The two vCPUs move on the host between near and far placement, which
 changes throughput ~2x, so every figure is given per class. Before every run,
@@ -134,15 +136,15 @@ class Dpdk(Backend):
                 "--total-num-mbufs", "8192", "--stats-period", "3600"]
 
 
-def gen_testpmd(_pktgen, work, socks, size, seconds):
+def gen_testpmd(_pktgen, work, socks, size, seconds, vdev_extra=""):
     """Closed loop: io forwarding between two virtio_user ports. Mpps per direction."""
     out_path = os.path.join(work, "gen-testpmd.log")
     with open(out_path, "w") as out:
         proc = subprocess.Popen(
             ["dpdk-testpmd", "--lcores", "0@0,1@0", "--no-pci", "--no-huge", "-m", "1024",
              "--no-shconf", "--file-prefix", f"fe{os.getpid()}",
-             "--vdev", f"net_virtio_user0,path={socks[0]},queues=1",
-             "--vdev", f"net_virtio_user1,path={socks[1]},queues=1",
+             "--vdev", f"net_virtio_user0,path={socks[0]},queues=1{vdev_extra}",
+             "--vdev", f"net_virtio_user1,path={socks[1]},queues=1{vdev_extra}",
              "--", "-i", "--no-mlockall", "--total-num-mbufs", "4096"],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=work)
         try:
@@ -171,17 +173,24 @@ def gen_testpmd(_pktgen, work, socks, size, seconds):
     return moved / seconds / 2 / 1e6
 
 
-def gen_pktgen(pktgen, work, socks, size, seconds):
+def gen_pktgen(pktgen, work, socks, size, seconds, extra=()):
     out = subprocess.run(
         [pktgen, "--port", f"a={socks[0]}", "--port", f"b={socks[1]}", "--mode", "pair",
-         "--size", str(size), "--duration", str(seconds), "--core", "0", "--json"],
+         "--size", str(size), "--duration", str(seconds), "--core", "0", "--json", *extra],
         capture_output=True, text=True, timeout=seconds + 60, cwd=work)
     if out.returncode != 0:
         raise RuntimeError(f"vhost-pktgen failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout)["mpps_per_direction"]
 
 
-GENERATORS = {"pktgen": gen_pktgen, "testpmd": gen_testpmd}
+# A generator name says which front-end and which ring layout it asks for; each back-end
+# serves whichever layout the front-end negotiates.
+GENERATORS = {
+    "pktgen": gen_pktgen,
+    "testpmd": gen_testpmd,
+    "pktgen-packed": lambda *a: gen_pktgen(*a, extra=("--packed",)),
+    "testpmd-packed": lambda *a: gen_testpmd(*a, vdev_extra=",packed_vq=1"),
+}
 
 
 def probe_round_trip_ns(pktgen):
@@ -298,7 +307,8 @@ def main():
                     help="stop starting pairs after this long even if classes are short (default 40)")
     ap.add_argument("--sizes", default="64,512,1500")
     ap.add_argument("--seconds", type=float, default=5, help="traffic time per run")
-    ap.add_argument("--generators", default="pktgen,testpmd")
+    ap.add_argument("--generators", default="pktgen,testpmd",
+                    help=f"comma-separated, of {','.join(GENERATORS)} (-packed: packed rings)")
     ap.add_argument("--json", default=os.path.join(ROOT, "docs/bench/latest.json"))
     ap.add_argument("--switch", default=os.path.join(RELEASE, "vhost-switch"),
                     help="vhost-switch binary (default: the cargo release build)")
