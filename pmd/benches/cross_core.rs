@@ -4,7 +4,7 @@
 //! switch reads was last written by the other core, as in the real switch. Unlike the
 //! in-cache `fast_path` benchmark this is the cost of cross-core traffic, and it depends
 //! on where the two vCPUs sit on the host: each run records the core-to-core round trip
-//! measured just before it and is classed near (< 100 ns) or far.
+//! measured just before it and is classed near or far (`bench::pktgen::probe::Placement`).
 //!
 //! `cargo bench -p pmd --bench cross_core [-- RUNS]` prints, per frame size and run:
 //! Mpps, switch TSC cycles per packet (cycles in bursts that moved packets / packets) and
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::pktgen::probe::round_trip_ns;
+use bench::pktgen::probe::{round_trip_ns, Placement};
 use pmd::forward::{poll_tx, Scratch};
 use pmd::memory::{GuestMemoryMap, MappedRegion, RegionSpec};
 use pmd::queue::{RingFeatures, RingRuntime};
@@ -192,10 +192,12 @@ fn main() {
             .flatten()
             .unwrap_or(f64::NAN);
             let (mpps, cycles) = run(size);
-            let far = rtt.is_nan() || rtt >= 100.0;
+            // A failed probe (NaN) is classed far.
+            let placement = Placement::of(rtt);
+            let far = placement == Placement::Far;
             println!(
                 "cross-core, {size} B, run {i}: {mpps:.2} Mpps, {cycles:.0} switch cycles/packet, round trip {rtt:.0} ns ({})",
-                if far { "far" } else { "near" }
+                placement.name()
             );
             classes[usize::from(far)].0.push(mpps);
             classes[usize::from(far)].1.push(cycles);
