@@ -352,13 +352,9 @@ impl Vm {
         String::from_utf8_lossy(&bytes).replace('\r', "")
     }
 
-    /// Lines with `tag` ("VS-PING "...), from the tag on (firmware escape codes may
-    /// precede it on the same line).
+    /// Complete lines with `tag` ("VS-PING "...), from the tag on.
     fn lines(&self, tag: &str) -> Vec<String> {
-        self.console()
-            .lines()
-            .filter_map(|l| l.find(tag).map(|i| l[i..].trim_end().to_string()))
-            .collect()
+        tagged_serial_lines(&self.serial, tag)
     }
 
     /// Exit status once QEMU has exited.

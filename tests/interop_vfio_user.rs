@@ -139,11 +139,7 @@ fn boot(peers: &Peers, dir: &Path, nic: &[String], append: &str, log: &Path) -> 
 }
 
 fn results(log: &Path) -> Vec<String> {
-    let text = std::fs::read(log).unwrap_or_default();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter_map(|l| l.find("VS-RESULT").map(|i| l[i..].trim().to_string()))
-        .collect()
+    tagged_serial_lines(log, "VS-RESULT")
 }
 
 fn wait_result(child: &mut Child, log: &Path) -> Option<String> {

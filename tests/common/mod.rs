@@ -55,6 +55,18 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// The complete lines of a guest's serial log that carry `tag`, each from the tag on
+/// (firmware escape codes may precede it). A line still being written has no newline
+/// yet and is left out: QEMU writes the console in pieces, so a read can end mid-line.
+pub fn tagged_serial_lines(serial: &Path, tag: &str) -> Vec<String> {
+    let bytes = std::fs::read(serial).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.find(tag).map(|i| l[i..].trim_end().to_string()))
+        .collect()
+}
+
 impl Daemon {
     /// Starts `vhost-switch run` with server ports `names` (sockets in a temp dir) and
     /// `extra` arguments; waits until every socket exists.
@@ -146,9 +158,12 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
-    /// The daemon's stderr so far.
+    /// The daemon's stderr so far, up to its last complete line (a line still being
+    /// written would otherwise be parsed as if it were whole).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.truncate(log.rfind('\n').map_or(0, |end| end + 1));
+        log
     }
 
     /// Waits until the log contains `needle` (the daemon logs asynchronously to us).
