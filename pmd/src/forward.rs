@@ -185,6 +185,7 @@ fn forward_burst<R: DeviceRing>(
         header_len: u64::from(tx.features.header_len),
     };
     let stats = &ctx.stats[src_port][ring_index];
+    ring.prefetch_used(cur, if tx.features.in_order { 1 } else { bound });
     let n = take(scratch, ring, tx, cur, bound, &source, stats);
     if n == 0 {
         return 0;
@@ -430,8 +431,12 @@ fn deliver_to(
     let mut guard = rx.shared.lock();
     let cur = guard.cursor();
     match rx.ring() {
-        Some(RingView::Split(ring)) => deliver_on(scratch, n, source, port, rx, &ring, cur, stats),
-        Some(RingView::Packed(ring)) => deliver_on(scratch, n, source, port, rx, &ring, cur, stats),
+        Some(RingView::Split(ring)) => {
+            deliver_on(scratch, n, count, source, port, rx, &ring, cur, stats)
+        }
+        Some(RingView::Packed(ring)) => {
+            deliver_on(scratch, n, count, source, port, rx, &ring, cur, stats)
+        }
         None => {
             stop_ring(rx, broken::NO_MEMORY, port);
             stats.drops[DropReason::RxRingUnavailable as usize].add(count);
@@ -442,12 +447,13 @@ fn deliver_to(
     guard.publish_position();
 }
 
-/// Reserves, copies and publishes the frames of the burst bound for `port` on its RX ring
-/// `ring`, whatever its layout.
+/// Reserves, copies and publishes the `frames` frames of the burst bound for `port` on its
+/// RX ring `ring`, whatever its layout.
 #[allow(clippy::too_many_arguments)]
 fn deliver_on<R: DeviceRing>(
     scratch: &mut Scratch,
     n: usize,
+    frames: u64,
     source: &Source<'_>,
     port: usize,
     rx: &RingRuntime,
@@ -458,6 +464,7 @@ fn deliver_on<R: DeviceRing>(
     scratch.dst.clear();
     scratch.rx_chains.clear();
     scratch.reserved.clear();
+    ring.prefetch_used(cur, frames as u16);
     // Once the ring has no buffer left, or broke, the rest of the group is dropped for the
     // same reason without touching the ring again.
     let mut exhausted: Option<DropReason> = None;
@@ -548,9 +555,14 @@ fn reserve<R: DeviceRing>(
             }
             return Err(DropReason::RxBadDescriptor);
         }
+        // The copy overwrites the buffer's first lines (header and frame), which the
+        // driver's core last held: fetch them owned, not shared.
         if let Some(first) = scratch.dst.as_slice().get(seg_start) {
             if let Some(view) = memory.slice(first) {
-                view.prefetch(0);
+                view.prefetch_write(0);
+                if need > 64 {
+                    view.prefetch_write(64);
+                }
             }
         }
         let chain_len = scratch.dst.total_len() - before;

@@ -70,6 +70,9 @@ pub struct Cursor {
     /// Packed: flags of the used descriptor at `published_used`, held back until the
     /// batch is published.
     pub held_flags: u16,
+    /// Packed: descriptors from `last_avail` on already seen available, each a chain of
+    /// its own, when their cache line was checked at once (the Acquire fence is behind).
+    pub checked: u16,
 }
 
 impl Cursor {
@@ -99,6 +102,7 @@ impl Cursor {
             used_wrap: wrap,
             published_wrap: wrap,
             held_flags: 0,
+            checked: 0,
         }
     }
 
@@ -141,6 +145,7 @@ struct StoredCursor {
     /// The three wrap counters, one bit each.
     wraps: AtomicU8,
     held_flags: AtomicU16,
+    checked: AtomicU16,
 }
 
 impl StoredCursor {
@@ -163,6 +168,7 @@ impl StoredCursor {
             used_wrap: wraps & 2 != 0,
             published_wrap: wraps & 4 != 0,
             held_flags: self.held_flags.load(Ordering::Relaxed),
+            checked: self.checked.load(Ordering::Relaxed),
         }
     }
 
@@ -176,6 +182,7 @@ impl StoredCursor {
             u8::from(c.avail_wrap) | u8::from(c.used_wrap) << 1 | u8::from(c.published_wrap) << 2;
         self.wraps.store(wraps, Ordering::Relaxed);
         self.held_flags.store(c.held_flags, Ordering::Relaxed);
+        self.checked.store(c.checked, Ordering::Relaxed);
     }
 }
 

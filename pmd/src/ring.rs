@@ -52,6 +52,10 @@ pub trait DeviceRing {
         out: &mut Segments,
     ) -> Result<Option<TakenChain>, Broken>;
 
+    /// Starts fetching, for writing, where the next `count` used entries go, so that the
+    /// lines the driver last read arrive together instead of one store miss after another.
+    fn prefetch_used(&self, cur: &Cursor, count: u16);
+
     /// Returns the chain at `head` to the driver with `len` bytes written; visible with the
     /// next [`Self::publish_used`].
     fn push_used(&self, cur: &mut Cursor, head: ChainHead, len: u32);

@@ -13,8 +13,8 @@
 use std::sync::atomic::{fence, Ordering};
 
 use super::raw::{
-    is_available, used_flags, Descriptor, PackedRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED,
-    DESC_F_WRITE, EVENT_F_DESC, EVENT_F_DISABLE,
+    is_available, used_flags, Descriptor, PackedRing, BATCH, DESC_F_INDIRECT, DESC_F_NEXT,
+    DESC_F_USED, DESC_F_WRITE, EVENT_F_DESC, EVENT_F_DISABLE,
 };
 use crate::chain::{push_buffer, ChainError, Direction, IndirectTable, Segments};
 use crate::memory::GuestMemoryMap;
@@ -87,6 +87,59 @@ impl PackedRing<'_> {
     }
 }
 
+impl PackedRing<'_> {
+    /// Checks the cache line of descriptors starting at `head` at once: when `head` opens
+    /// a line wholly inside the ring and all [`BATCH`] descriptors in it are available,
+    /// each a chain of its own (no NEXT), fences once and returns `BATCH`, so that they
+    /// are taken without reading their flags again; else 0 (one chain at a time then).
+    #[inline]
+    fn check_batch(&self, head: u16, wrap: bool) -> u16 {
+        let at_line = usize::from(head) % BATCH == 0;
+        if !at_line || usize::from(head) + BATCH > usize::from(self.size()) {
+            return 0;
+        }
+        let Some(flags) = self.batch_flags(head) else {
+            return 0;
+        };
+        if !flags
+            .iter()
+            .all(|&f| is_available(f, wrap) && f & DESC_F_NEXT == 0)
+        {
+            return 0;
+        }
+        // Pairs with the driver's release of each flags word: the descriptors read after
+        // this are what the driver wrote before making them available.
+        fence(Ordering::Acquire);
+        BATCH as u16
+    }
+
+    /// Takes the descriptor at `head`, checked available and single by [`Self::check_batch`],
+    /// as a chain of one. Should the driver have rewritten it since (a hostile driver
+    /// only), it is still one descriptor: its NEXT flag is not followed.
+    #[inline]
+    fn take_checked(
+        &self,
+        head: u16,
+        memory: &GuestMemoryMap,
+        dir: Direction,
+        indirect_ok: bool,
+        out: &mut Segments,
+    ) -> Result<TakenChain, Broken> {
+        let desc = self.descriptor(head).ok_or(broken::BAD_HEAD)?;
+        let single = Descriptor {
+            flags: desc.flags & !DESC_F_NEXT,
+            ..desc
+        };
+        Ok(TakenChain {
+            head: ChainHead {
+                id: desc.id,
+                descriptors: 1,
+            },
+            walked: visit(memory, single, self.size(), dir, indirect_ok, out),
+        })
+    }
+}
+
 /// Checks one ring descriptor of a chain and appends its buffers (an indirect table's,
 /// for an indirect descriptor).
 #[inline]
@@ -153,6 +206,12 @@ impl DeviceRing for PackedRing<'_> {
     }
 
     #[inline]
+    fn prefetch_used(&self, _: &Cursor, _: u16) {
+        // Used descriptors are written where the chains were read: `poll` fetched those
+        // lines for writing already.
+    }
+
+    #[inline]
     fn take(
         &self,
         cur: &mut Cursor,
@@ -165,10 +224,17 @@ impl DeviceRing for PackedRing<'_> {
         if head >= self.size() {
             return Err(broken::BAD_HEAD);
         }
-        if !is_available(self.flags(head), cur.avail_wrap) {
-            return Ok(None);
+        if cur.checked == 0 {
+            cur.checked = self.check_batch(head, cur.avail_wrap);
         }
-        let taken = self.walk(head, memory, dir, indirect_ok, out)?;
+        let taken = if cur.checked > 0 {
+            cur.checked -= 1;
+            self.take_checked(head, memory, dir, indirect_ok, out)?
+        } else if is_available(self.flags(head), cur.avail_wrap) {
+            self.walk(head, memory, dir, indirect_ok, out)?
+        } else {
+            return Ok(None);
+        };
         (cur.last_avail, cur.avail_wrap) =
             advance(head, cur.avail_wrap, taken.head.descriptors, self.size());
         Ok(Some(taken))
@@ -347,6 +413,93 @@ mod tests {
             0,
         );
         assert!(ring.publish_used(&mut cur, false));
+    }
+
+    /// A ring of 8 at 0 in a 16 KiB map, a cursor at its start, and a way to post
+    /// descriptor `pos` (buffer at 0x2000 + 0x100 * pos) with `flags`.
+    fn posting_ring(mem: &GuestMemoryMap) -> (PackedRing<'_>, impl Fn(u16, u16) + '_) {
+        let addrs = RingAddrs {
+            desc: 0,
+            avail: 0x1000,
+            used: 0x1004,
+        };
+        let t = translate(mem, 8, addrs, Layout::Packed).unwrap();
+        let desc = mem.slice(&t.desc).unwrap();
+        let post = move |pos: u16, flags: u16| {
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&(0x2000 + 0x100 * u64::from(pos)).to_le_bytes());
+            d[8..12].copy_from_slice(&64u32.to_le_bytes());
+            d[12..14].copy_from_slice(&(100 + pos).to_le_bytes());
+            d[14..].copy_from_slice(&flags.to_le_bytes());
+            desc.write(16 * usize::from(pos), &d).unwrap();
+        };
+        (PackedRing::new(mem, &t).unwrap(), post)
+    }
+
+    fn take_ids(ring: &PackedRing<'_>, mem: &GuestMemoryMap, cur: &mut Cursor) -> Vec<(u16, u16)> {
+        let mut out = Segments::with_capacity(64);
+        let mut ids = Vec::new();
+        while let Some(t) = ring
+            .take(cur, mem, Direction::Readable, false, &mut out)
+            .unwrap()
+        {
+            assert_eq!(t.walked, Ok(()));
+            ids.push((t.head.id, t.head.descriptors));
+        }
+        ids
+    }
+
+    #[test]
+    fn a_line_of_four_single_descriptors_is_checked_once() {
+        let mem = test_map(0x4000, 0);
+        let (ring, post) = posting_ring(&mem);
+        for pos in 0..6 {
+            post(pos, DESC_F_AVAIL);
+        }
+        let mut cur = Cursor::packed(0x8000);
+        let mut out = Segments::with_capacity(64);
+        let first = ring
+            .take(&mut cur, &mem, Direction::Readable, false, &mut out)
+            .unwrap();
+        assert_eq!(first.map(|t| t.head.id), Some(100));
+        assert_eq!(cur.checked, 3, "the rest of the line needs no second look");
+        // A driver rewriting a checked descriptor cannot make it a longer chain.
+        post(1, DESC_F_AVAIL | DESC_F_NEXT);
+        assert_eq!(
+            take_ids(&ring, &mem, &mut cur),
+            [(101, 1), (102, 1), (103, 1), (104, 1), (105, 1)]
+        );
+        assert_eq!((cur.last_avail, cur.checked), (6, 0));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_line_not_wholly_available_and_single_is_taken_one_chain_at_a_time() {
+        let mem = test_map(0x4000, 0);
+        let (ring, post) = posting_ring(&mem);
+        // A two-descriptor chain in the first line.
+        post(0, DESC_F_AVAIL | DESC_F_NEXT);
+        for pos in 1..3 {
+            post(pos, DESC_F_AVAIL);
+        }
+        let mut cur = Cursor::packed(0x8000);
+        assert_eq!(ring.check_batch(0, true), 0);
+        assert_eq!(take_ids(&ring, &mem, &mut cur), [(101, 2), (102, 1)]);
+        // The second line: its last descriptor is not available yet.
+        for pos in 4..7 {
+            post(pos, DESC_F_AVAIL);
+        }
+        post(3, DESC_F_AVAIL);
+        assert_eq!(ring.check_batch(4, true), 0);
+        assert_eq!(
+            take_ids(&ring, &mem, &mut cur),
+            [(103, 1), (104, 1), (105, 1), (106, 1)]
+        );
+        assert_eq!(cur.checked, 0);
+        // Lines start at multiples of four, inside the ring; the next round's view.
+        assert_eq!(ring.check_batch(2, true), 0);
+        assert_eq!(ring.check_batch(6, true), 0);
+        assert_eq!(ring.check_batch(4, false), 0, "available in round 1 only");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const EVENT_F_DESC: u16 = 2;
 
 /// Size of a descriptor in the ring.
 pub const DESCRIPTOR_SIZE: usize = 16;
+/// Descriptors to a cache line, checked together where they are available.
+pub const BATCH: usize = 4;
 
 /// Byte offsets inside a descriptor and an event suppression structure.
 mod field {
@@ -143,6 +145,18 @@ impl<'m> PackedRing<'m> {
             .unwrap_or_default()
     }
 
+    /// The flags of the [`BATCH`] descriptors from `pos` on, Relaxed: a caller that uses
+    /// the descriptors after checking them fences (Acquire) first. `None` past the end.
+    #[inline]
+    pub fn batch_flags(&self, pos: u16) -> Option<[u16; BATCH]> {
+        let mut flags = [0u16; BATCH];
+        for (k, f) in flags.iter_mut().enumerate() {
+            let at = DESCRIPTOR_SIZE * (usize::from(pos) + k) + field::FLAGS;
+            *f = self.desc.load_u16(at, Ordering::Relaxed)?;
+        }
+        Some(flags)
+    }
+
     /// Copies descriptor `pos` out of the ring. `None` when `pos >= size`.
     #[inline]
     pub fn descriptor(&self, pos: u16) -> Option<Descriptor> {
@@ -155,10 +169,11 @@ impl<'m> PackedRing<'m> {
         Some(Descriptor::from_words(lo, hi))
     }
 
-    /// Starts loading descriptor `pos`.
+    /// Starts loading descriptor `pos` for writing: the device reads it, then writes the
+    /// used descriptor over it, so the line is fetched owned once rather than shared first.
     #[inline]
     pub fn prefetch_descriptor(&self, pos: u16) {
-        self.desc.prefetch(DESCRIPTOR_SIZE * usize::from(pos));
+        self.desc.prefetch_write(DESCRIPTOR_SIZE * usize::from(pos));
     }
 
     /// Writes the id and length of used descriptor `pos`; its flags are stored apart

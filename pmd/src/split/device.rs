@@ -61,6 +61,17 @@ impl DeviceRing for SplitRing<'_> {
     }
 
     #[inline]
+    fn prefetch_used(&self, cur: &Cursor, count: u16) {
+        // Eight bytes per entry: a line holds eight.
+        for k in (0..count).step_by(8) {
+            self.prefetch_used_entry(cur.next_used.wrapping_add(k));
+        }
+        if count > 0 {
+            self.prefetch_used_entry(cur.next_used.wrapping_add(count - 1));
+        }
+    }
+
+    #[inline]
     fn push_used(&self, cur: &mut Cursor, head: ChainHead, len: u32) {
         self.write_used(cur.next_used, head.id, len);
         cur.next_used = cur.next_used.wrapping_add(1);

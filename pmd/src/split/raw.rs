@@ -162,6 +162,14 @@ impl<'m> SplitRing<'m> {
         let _ = self.used.store_u32_le(at + 4, len);
     }
 
+    /// Starts fetching used element `idx % size` for writing.
+    #[inline]
+    pub fn prefetch_used_entry(&self, idx: u16) {
+        let slot = usize::from(idx & (self.size - 1));
+        self.used
+            .prefetch_write(field::RING + field::USED_ELEM * slot);
+    }
+
     /// Starts loading descriptor `index` (a burst's descriptors are fetched in parallel
     /// instead of one cross-core miss after another).
     #[inline]
