@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Writes seed inputs for the vhost_user_messages target: a valid handshake (owner,
-features, memory table on the attached memfd, both rings started, enabled, status),
-in the target's chunk format [fd count][u16 length][bytes]."""
+"""Writes seed inputs for the vhost_user_messages target (a valid handshake: owner,
+features, memory table on the attached memfd, both rings started, enabled, status) and
+for the vfio_user_messages target (what Linux behind QEMU's vfio-user-pci does: VERSION,
+device and region info, DMA_MAP of the attached memfd, virtio status and features, both
+queues, MSI-X eventfds, DRIVER_OK, unmap, reset), in the targets' chunk format
+[fd count][u16 length][bytes]."""
 import os
 import struct
 
@@ -56,3 +59,61 @@ for name, data in seeds.items():
     with open(os.path.join(d, name), "wb") as f:
         f.write(data)
 print(f"wrote {len(seeds)} seeds to {d}")
+
+
+# vfio-user: 16-byte header (id u16, command u16, size u32, flags u32, error u32).
+def vfu(command, payload=b"", msg_id=[0]):
+    msg_id[0] += 1
+    return struct.pack("<HHIII", msg_id[0] & 0xffff, command, 16 + len(payload), 0, 0) + payload
+
+words = lambda *ws: b"".join(struct.pack("<I", w) for w in ws)
+VIRTIO_BAR, CONFIG_REGION, MSIX_INDEX = 0, 7, 2
+
+def region_write(region, offset, data):
+    return vfu(10, struct.pack("<Q", offset) + words(region, len(data)) + data)
+
+def common(off, value, size):
+    return region_write(VIRTIO_BAR, off, value.to_bytes(8, "little")[:size])
+
+def vfio_bring_up(features, with_rings):
+    out = [chunk(vfu(1, b"\0\0\0\0" + b'{"capabilities":{"max_msg_fds":16,"pgsizes":4096}}\0'))]
+    out.append(chunk(vfu(4, words(16, 0, 0, 0))))
+    for region in (VIRTIO_BAR, 2, CONFIG_REGION):
+        out.append(chunk(vfu(5, words(32, 0, region, 0) + bytes(16))))
+    out.append(chunk(vfu(9, struct.pack("<Q", 0) + words(CONFIG_REGION, 64))))
+    out.append(chunk(vfu(2, words(32, 1) + struct.pack("<QQQ", 0, 0xfffc0000, 0x40000))))
+    out.append(chunk(vfu(2, words(32, 3) + struct.pack("<QQQ", 0, 0, MEM)), 1))
+    for st in (0, 1, 3):
+        out.append(chunk(common(0x14, st, 1)))
+    for sel, half in ((0, features & 0xffffffff), (1, features >> 32)):
+        out.append(chunk(common(0x08, sel, 4)))
+        out.append(chunk(common(0x0C, half, 4)))
+    out.append(chunk(common(0x14, 0x0B, 1)))
+    if with_rings:
+        for q, base in ((0, 0x10000), (1, 0x20000)):
+            out.append(chunk(common(0x16, q, 2)))
+            out.append(chunk(common(0x18, 256, 2)))
+            out.append(chunk(common(0x1A, q, 2)))
+            for off, addr in ((0x20, base), (0x28, base + 0x1000), (0x30, base + 0x2000)):
+                out.append(chunk(common(off, addr & 0xffffffff, 4)))
+                out.append(chunk(common(off + 4, addr >> 32, 4)))
+            out.append(chunk(common(0x1C, 1, 2)))
+        # MSI-X enable (message control of the capability at 0x84), then eventfds.
+        out.append(chunk(region_write(CONFIG_REGION, 0x86, struct.pack("<H", 0x8000))))
+        out.append(chunk(vfu(8, words(20, (1 << 2) | (1 << 5), MSIX_INDEX, 0, 3)), 3))
+    out.append(chunk(common(0x14, 0x0F, 1)))
+    out.append(chunk(vfu(3, words(24, 0) + struct.pack("<QQ", 0, MEM))))
+    out.append(chunk(vfu(13)))
+    return b"".join(out)
+
+d = os.path.join(here, "corpus", "vfio_user_messages")
+os.makedirs(d, exist_ok=True)
+vfio_seeds = {
+    "seed-linux-like": vfio_bring_up(VERSION_1 | MRG | EVENT_IDX, True),
+    "seed-features-only": vfio_bring_up(VERSION_1, False),
+    "seed-version": chunk(vfu(1, b"\0\0\0\0{}\0")),
+}
+for name, data in vfio_seeds.items():
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+print(f"wrote {len(vfio_seeds)} seeds to {d}")
