@@ -179,6 +179,7 @@ fn port_state(ports: &[Port]) -> Value {
                 "socket": p.config.socket,
                 "role": match p.config.role { Role::Server => "server", Role::Client => "client" },
                 "mac": mac_string(p.config.mac),
+                "mtu": p.config.mtu,
                 "connected": p.session.is_some(),
                 "last_disconnect": p.last_end,
             });
@@ -217,6 +218,8 @@ fn port_state(ports: &[Port]) -> Value {
                 v["protocol_features"] = json!(format!("{:#x}", d.protocol_features()));
                 v["status"] = json!(d.status());
                 v["memory_regions"] = json!(d.memory().regions().len());
+                // What the data plane enforces: NET_SET_MTU's value, else the setting.
+                v["guest_mtu"] = json!(d.mtu());
                 v["rings"] = json!(rings);
             }
             v

@@ -58,6 +58,40 @@ fn jumbo_frames_without_mrg_rxbuf_are_dropped_as_too_big() {
 }
 
 #[test]
+fn frames_longer_than_the_destination_mtu_are_dropped_as_over_mtu() {
+    // Both ports may carry 9000 bytes (their setting); p1's front-end then tells the
+    // switch its guest has MTU 1500 (QEMU host_mtu=1500), while its rings run.
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect", "--mtu", "9000"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 9216, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 9216, local_mac(2));
+    b.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | NET_MTU, false)
+        .unwrap();
+    b.fe.net_set_mtu(1500, true).unwrap();
+    assert_eq!(d.ctl("ports")["ports"][1]["guest_mtu"], 1500);
+    // 1500 bytes of payload behind an Ethernet header and one VLAN tag: 1518 bytes pass,
+    // one more is over the MTU.
+    a.send_all(&frames(3, 1519, b.mac, a.mac, 0));
+    a.wait_tx_done();
+    assert!(b.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(drops(&d, "p1", 0, "over_mtu"), 3);
+    exchange(&mut a, &mut b, 5, 1518, 10);
+    exchange(&mut a, &mut b, 5, 64, 20);
+    // p0 has only its setting: 9000 + 18 bytes pass, 9019 do not.
+    b.send_all(&frames(2, 9019, a.mac, b.mac, 30));
+    b.wait_tx_done();
+    assert!(a.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(drops(&d, "p0", 0, "over_mtu"), 2);
+    exchange(&mut b, &mut a, 5, 9018, 40);
+    // Dropped at the destination, so the source counts them forwarded: conservation holds
+    // on both sides (RX: delivered + dropped = offered).
+    assert_conservation(&d);
+    let p1 = port_stats(&d, "p1");
+    assert_eq!(p1["tx_packets"], 10);
+    assert_eq!(p1["tx_dropped"], 3);
+}
+
+#[test]
 fn both_net_header_sizes_interwork() {
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
     let (m0, m1) = (memory(), memory());

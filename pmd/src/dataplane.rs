@@ -530,6 +530,7 @@ mod tests {
         Arc::new(PortSnapshot {
             features: 0,
             rings: vec![None, None],
+            mtu: None,
         })
     }
 

@@ -552,7 +552,14 @@ impl VirtioNetPci {
             rings.push(runtime);
         }
         let any = rings.iter().any(Option::is_some);
-        self.snapshot = any.then(|| Arc::new(PortSnapshot { features, rings }));
+        // A vfio-user port has no MTU yet (config refuses `mtu` on one).
+        self.snapshot = any.then(|| {
+            Arc::new(PortSnapshot {
+                features,
+                rings,
+                mtu: None,
+            })
+        });
         if let Some((dp, port)) = &self.cfg.dataplane {
             dp.publish(*port, self.snapshot.clone());
             if let Err(e) = dp.quiesce() {

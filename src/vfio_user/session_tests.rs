@@ -62,6 +62,7 @@ impl Client {
             port: "vfu".into(),
             mac: [2, 0, 0, 0, 0, 7],
             queue_pairs: 1,
+            mtu: None,
             limits: Limits {
                 max_mem_slots: 4,
                 max_memory: 64 << 20,
