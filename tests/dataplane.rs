@@ -91,6 +91,68 @@ fn frames_longer_than_the_destination_mtu_are_dropped_as_over_mtu() {
     assert_eq!(p1["tx_dropped"], 3);
 }
 
+/// The RARP announcement of `mac` as RFC 903 and QEMU's announce_self lay it out.
+fn rarp_of(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // EtherType RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 3]); // Ethernet, IPv4, 6, 4, reverse request
+    f.extend_from_slice(&mac); // sender hardware address
+    f.extend_from_slice(&[0; 4]); // sender protocol address
+    f.extend_from_slice(&mac); // target hardware address
+    f.extend_from_slice(&[0; 4]); // target protocol address
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn send_rarp_announces_the_mac_to_the_other_ports_and_moves_it_in_the_fdb() {
+    let d = Daemon::start(&["p0", "p1", "p2"], &[]);
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    // p2: a legacy driver (10-byte net header), so both header forms get the frame.
+    let mut c = attach(&d, "p2", &m2, BIT30 | EVENT_IDX, 2048, local_mac(3));
+    assert_eq!(c.drv.hdr_len(), 10);
+    // A guest with MAC `vm` lived behind p1: the switch learned it there.
+    let vm = local_mac(9);
+    b.send_all(&frames(1, 64, BROADCAST, vm, 0));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert_eq!(c.recv_n(1, WAIT).len(), 1);
+    let port_of = |d: &Daemon, mac: &str| {
+        d.ctl("fdb")["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac)
+            .map(|e| e["port"].as_str().unwrap().to_string())
+    };
+    assert_eq!(port_of(&d, "02:00:00:00:00:09").as_deref(), Some("p1"));
+    // It moved to p0 (a migration): p0's front-end asks the switch to announce it.
+    a.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | RARP, false)
+        .unwrap();
+    a.fe.send_rarp(vm, true).unwrap();
+    // Acked once sent: the frames are already in the other guests' rings.
+    for (name, g) in [("p1", &mut b), ("p2", &mut c)] {
+        let got = g.recv_n(1, WAIT);
+        assert_eq!(got, vec![rarp_of(vm)], "{name}");
+    }
+    assert!(
+        a.recv_n(1, Duration::from_millis(200)).is_empty(),
+        "announced back to its own port"
+    );
+    assert_eq!(port_of(&d, "02:00:00:00:00:09").as_deref(), Some("p0"));
+    // Unicast to the guest now reaches p0 only.
+    c.send_all(&frames(1, 64, vm, c.mac, 1));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert!(b.recv_n(1, Duration::from_millis(200)).is_empty());
+    // Each announcement copy is counted at its destination like a delivered frame (p2
+    // also got p1's broadcast).
+    assert_eq!(port_stats(&d, "p1")["rings"][0]["packets"], 1);
+    assert_eq!(port_stats(&d, "p2")["rings"][0]["packets"], 2);
+    assert_conservation(&d);
+}
+
 #[test]
 fn both_net_header_sizes_interwork() {
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);

@@ -287,6 +287,46 @@ fn r12_net_set_mtu_without_reply_ack_is_silent_and_a_bad_one_closes() {
     d.wait_log("MTU 40 is outside 68..=65535");
 }
 
+#[test]
+fn r12_send_rarp_needs_the_rarp_protocol_feature_and_a_unicast_mac() {
+    let d = Daemon::start(&["p0", "p1"], &[]);
+    let mut fe = d.connect("p0");
+    assert_ne!(fe.get_protocol_features().unwrap() & RARP, 0);
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    assert_nack(fe.send_rarp([2, 0, 0, 0, 0, 9], true));
+    d.wait_log("protocol feature RARP was not negotiated");
+    fe.set_protocol_features(REPLY_ACK | RARP, false).unwrap();
+    assert_nack(fe.send_rarp([1, 0, 0x5e, 0, 0, 1], true));
+    assert_nack(fe.send_rarp([0; 6], true));
+    d.wait_log("SEND_RARP refused: 01:00:5e:00:00:01 cannot be a source MAC");
+    fe.send_rarp([2, 0, 0, 0, 0, 9], true).unwrap();
+    d.wait_log("RARP announcement sent port=p0 mac=02:00:00:00:00:09 ports=1");
+    assert_eq!(d.rejections().len(), 3);
+}
+
+#[test]
+fn r12_send_rarp_of_a_mac_the_port_may_not_send_from_is_nacked() {
+    let dir = temp_dir("rarp-security");
+    let config = dir.join("switch.toml");
+    std::fs::write(
+        &config,
+        "[[port]]\nname = \"p0\"\nsocket = \"/unused\"\nallowed_macs = [\"02:00:00:00:00:01\"]\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&["p0", "p1"], &["--config", config.to_str().unwrap()]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK | RARP, VERSION_1 | BIT30);
+    assert_nack(fe.send_rarp([2, 0, 0, 0, 0, 2], true));
+    d.wait_log("02:00:00:00:00:02 is not among the port's allowed source MACs");
+    assert!(d.ctl("fdb")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["mac"] != "02:00:00:00:00:02"));
+    fe.send_rarp([2, 0, 0, 0, 0, 1], true).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- R2: protocol features ----
 
 #[test]

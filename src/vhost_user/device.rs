@@ -322,7 +322,7 @@ impl NetDevice {
                 Ok(u64_reply(u64::from(self.status)))
             }
             R::SET_LOG_BASE | R::SET_LOG_FD => Err(Violation::ProtocolFeatureMissing("LOG_SHMFD")),
-            R::SEND_RARP => Err(Violation::ProtocolFeatureMissing("RARP")),
+            R::SEND_RARP => self.send_rarp(req),
             R::NET_SET_MTU => self.net_set_mtu(req),
             R::SET_BACKEND_REQ_FD => Err(Violation::ProtocolFeatureMissing("BACKEND_REQ")),
             R::IOTLB_MSG => Err(Violation::Unsupported(
@@ -535,6 +535,28 @@ impl NetDevice {
         // Rings already running read the MTU from their snapshot: hand them the new one.
         if self.snapshot.is_some() {
             self.republish();
+        }
+        Ok(Reply::None)
+    }
+
+    /// SEND_RARP: announce the guest's MAC (the first 6 bytes of the u64 payload, as QEMU
+    /// copies them in) to the other ports and learn it on this one. Answered (REPLY_ACK)
+    /// once the frame went out.
+    fn send_rarp(&mut self, req: &Request) -> Result<Reply, Violation> {
+        self.need_protocol(Proto::RARP, "RARP")?;
+        no_fds(req)?;
+        self.need_owner()?;
+        let bytes = u64_body(req)?.to_ne_bytes();
+        let mac = [bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]];
+        if let Some((dp, port)) = &self.cfg.dataplane {
+            let ports = dp.announce(*port, mac)?;
+            tracing::info!(
+                port = %self.cfg.port,
+                mac = %pmd::net::mac_string(mac),
+                ports,
+                "SEND_RARP: MAC learned on this port, RARP announcement sent"
+            );
+            self.quiesce();
         }
         Ok(Reply::None)
     }

@@ -108,7 +108,8 @@ pub const OFFERED_PROTOCOL_FEATURES: u64 = VhostUserProtocolFeatures::MQ.bits()
     | VhostUserProtocolFeatures::CONFIG.bits()
     | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS.bits()
     | VhostUserProtocolFeatures::STATUS.bits()
-    | VhostUserProtocolFeatures::MTU.bits();
+    | VhostUserProtocolFeatures::MTU.bits()
+    | VhostUserProtocolFeatures::RARP.bits();
 
 /// One requirement of virtio 1.2 §5.1.3.1: `feature` needs one of `needs_any`.
 struct Requirement {

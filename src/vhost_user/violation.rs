@@ -2,6 +2,7 @@
 //!
 //! Rule numbers refer to DESIGN §4 and to `docs/protocol-compliance.md`.
 
+use pmd::dataplane::AnnounceError;
 use pmd::memory::MemoryError;
 use pmd::vring::RingError;
 use thiserror::Error;
@@ -193,6 +194,9 @@ pub enum Violation {
         /// The port's setting.
         setting: u16,
     },
+    /// R12: SEND_RARP with a MAC the port may not announce.
+    #[error("SEND_RARP refused: {0}")]
+    Announce(#[from] AnnounceError),
     /// R11: the connection would make the switch hold more descriptors than allowed.
     #[error(
         "{held} descriptors held and {incoming} more sent exceed this port's limit of {limit}"
@@ -229,7 +233,7 @@ impl Violation {
             | MemoryLimit { .. } => "R8 memory table",
             Config(_) => "R9 config space",
             NotAnEventfd { .. } | FdLimit { .. } | UnsealedMemory { .. } => "R11 tenant bounds",
-            MtuRange(_) | MtuAboveSetting { .. } => "R12 net device requests",
+            MtuRange(_) | MtuAboveSetting { .. } | Announce(_) => "R12 net device requests",
         }
     }
 }
