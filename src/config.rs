@@ -478,12 +478,6 @@ impl Config {
                     p.name
                 )));
             }
-            if p.transport == Transport::VfioUser && p.mtu.is_some() {
-                return Err(invalid(format!(
-                    "port '{}': mtu is not supported on vfio-user ports yet",
-                    p.name
-                )));
-            }
             if let Some(mtu) = p.mtu {
                 let frame = u32::from(mtu) + pmd::snapshot::MTU_OVERHEAD as u32;
                 if frame > self.max_frame_len {
@@ -745,10 +739,12 @@ mod tests {
         assert!(err.contains("longer than max_frame_len 1518"), "{err}");
         let vfio =
             "[[port]]\nname = \"v\"\nsocket = \"/v\"\ntransport = \"vfio-user\"\nmtu = 1500\n";
-        let err = Config::from_toml(vfio, Overrides::default(), 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("vfio-user"), "{err}");
+        let c = Config::from_toml(vfio, Overrides::default(), 2).unwrap();
+        assert_eq!(
+            c.ports[0].mtu,
+            Some(1500),
+            "vfio-user ports have an MTU too"
+        );
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl VirtioNetPci {
             msix_bar[MSIX_TABLE_OFFSET as usize + 16 * v + 12] = 1;
         }
         Ok(VirtioNetPci {
-            common: CommonCfg::new(&cfg.port),
+            common: CommonCfg::with_offered(&cfg.port, super::common_cfg::offered(cfg.mtu)),
             cfg,
             versioned: false,
             pci: PciConfig::new(),
@@ -552,12 +552,13 @@ impl VirtioNetPci {
             rings.push(runtime);
         }
         let any = rings.iter().any(Option::is_some);
-        // A vfio-user port has no MTU yet (config refuses `mtu` on one).
+        // No NET_SET_MTU over PCI: the port's setting is the guest's MTU.
+        let mtu = self.cfg.mtu;
         self.snapshot = any.then(|| {
             Arc::new(PortSnapshot {
                 features,
                 rings,
-                mtu: None,
+                mtu,
             })
         });
         if let Some((dp, port)) = &self.cfg.dataplane {
