@@ -59,6 +59,10 @@ pub struct PortConfig {
     pub allowed_macs: Vec<[u8; 6]>,
     /// MACs the FDB may learn on this port at once.
     pub max_learned_macs: u32,
+    /// The MTU offered to the port's guest (VIRTIO_NET_F_MTU and the config space's `mtu`)
+    /// and enforced on frames delivered to it; `None`: no MTU offered, no limit but
+    /// `max_frame_len`.
+    pub mtu: Option<u16>,
 }
 
 /// Everything the daemon runs with.
@@ -134,6 +138,7 @@ struct FileConfig {
     max_fds_per_message: Option<usize>,
     max_fds_per_connection: Option<usize>,
     max_learned_macs: Option<u32>,
+    mtu: Option<u32>,
     quiesce_timeout_secs: Option<u64>,
     require_sealed_memory: Option<bool>,
     #[serde(default, rename = "port")]
@@ -156,6 +161,7 @@ struct FilePort {
     #[serde(default)]
     allowed_macs: Vec<String>,
     max_learned_macs: Option<u32>,
+    mtu: Option<u32>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -183,6 +189,8 @@ pub struct Overrides {
     pub max_frame_len: Option<u32>,
     /// `--max-learned-macs` (per port).
     pub max_learned_macs: Option<u32>,
+    /// `--mtu` (per port).
+    pub mtu: Option<u32>,
 }
 
 /// Default cap of guest memory per front-end: 64 GiB.
@@ -201,6 +209,9 @@ pub const DEFAULT_MAX_FDS_PER_CONNECTION: usize = 128;
 /// MACs the FDB learns per port by default (the table has 4096 slots).
 pub const DEFAULT_MAX_LEARNED_MACS: u32 = pmd::switch::DEFAULT_MAX_LEARNED;
 const MAX_QUEUE_PAIRS: u16 = 64;
+/// The MTU range virtio allows a device to report (virtio 1.2 §5.1.4.1: at least 68, the
+/// smallest IPv4 MTU; the field is 16 bits).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65_535;
 
 /// Parses `NAME=PATH`.
 pub fn parse_port_arg(arg: &str) -> Result<(String, PathBuf), String> {
@@ -234,6 +245,19 @@ pub fn parse_core_list(list: &str) -> Result<Vec<usize>, String> {
         return Err(format!("core list '{list}' is empty"));
     }
     Ok(cores)
+}
+
+/// Checks a port's MTU setting against [`MTU_RANGE`].
+fn mtu_setting(port: &str, mtu: Option<u32>) -> Result<Option<u16>, ConfigError> {
+    match mtu {
+        None => Ok(None),
+        Some(m) if MTU_RANGE.contains(&m) => Ok(Some(m as u16)),
+        Some(m) => Err(invalid(format!(
+            "port '{port}': mtu {m} is outside {}..={} (virtio 1.2 §5.1.4.1)",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        ))),
+    }
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
@@ -299,6 +323,9 @@ impl Config {
             .max_learned_macs
             .or(file.max_learned_macs)
             .unwrap_or(DEFAULT_MAX_LEARNED_MACS);
+        // Like max_learned_macs: the flag or the file's top level gives every port's
+        // default, a port's own setting wins.
+        let mtu_default = flags.mtu.or(file.mtu);
         let mut ports: Vec<PortConfig> = Vec::new();
         for p in file.ports {
             let mac = p.mac.as_deref().map(parse_mac).transpose()?;
@@ -318,6 +345,7 @@ impl Config {
                 .iter()
                 .map(|m| parse_mac(m))
                 .collect::<Result<_, _>>()?;
+            let mtu = mtu_setting(&p.name, p.mtu.or(mtu_default))?;
             ports.push(PortConfig {
                 name: p.name,
                 socket: p.socket,
@@ -328,6 +356,7 @@ impl Config {
                 static_macs,
                 allowed_macs,
                 max_learned_macs: p.max_learned_macs.unwrap_or(max_learned_default),
+                mtu,
             });
         }
         let flag_ports = flags
@@ -360,7 +389,7 @@ impl Config {
                     p.transport = transport;
                 }
                 None => ports.push(PortConfig {
-                    name,
+                    name: name.clone(),
                     socket,
                     role,
                     transport,
@@ -369,6 +398,7 @@ impl Config {
                     max_learned_macs: max_learned_default,
                     queue_pairs: 1,
                     mac: [0; 6],
+                    mtu: mtu_setting(&name, mtu_default)?,
                 }),
             }
         }
@@ -447,6 +477,16 @@ impl Config {
                     "port '{}': a vfio-user port is a server with one queue pair",
                     p.name
                 )));
+            }
+            if let Some(mtu) = p.mtu {
+                let frame = u32::from(mtu) + pmd::snapshot::MTU_OVERHEAD as u32;
+                if frame > self.max_frame_len {
+                    return Err(invalid(format!(
+                        "port '{}': mtu {mtu} needs frames of {frame} bytes, longer than \
+                         max_frame_len {} (raise max_frame_len or lower mtu)",
+                        p.name, self.max_frame_len
+                    )));
+                }
             }
             if p.queue_pairs == 0 || p.queue_pairs > MAX_QUEUE_PAIRS {
                 return Err(invalid(format!(
@@ -658,6 +698,53 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("multicast"));
+    }
+
+    #[test]
+    fn mtu_per_port_with_a_default_from_the_flag_or_the_file() {
+        let toml = r#"
+            mtu = 1500
+            [[port]]
+            name = "a"
+            socket = "/tmp/a.sock"
+            mtu = 9000
+            [[port]]
+            name = "b"
+            socket = "/tmp/b.sock"
+        "#;
+        let c = Config::from_toml(toml, Overrides::default(), 2).unwrap();
+        assert_eq!(c.ports[0].mtu, Some(9000));
+        assert_eq!(c.ports[1].mtu, Some(1500));
+        let mut flags = flags_with(&[("c", "/tmp/c.sock")]);
+        flags.mtu = Some(4000);
+        let c = Config::from_toml(toml, flags, 2).unwrap();
+        assert_eq!(c.ports[0].mtu, Some(9000), "a port's own setting wins");
+        assert_eq!(c.ports[1].mtu, Some(4000));
+        assert_eq!(c.ports[2].mtu, Some(4000));
+        let c = Config::from_toml("", flags_with(&[("c", "/tmp/c.sock")]), 2).unwrap();
+        assert_eq!(c.ports[0].mtu, None);
+        for bad in [67, 65_536] {
+            let mut flags = flags_with(&[("c", "/tmp/c.sock")]);
+            flags.mtu = Some(bad);
+            let err = Config::from_toml("", flags, 2).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("mtu {bad} is outside 68..=65535")),
+                "{err}"
+            );
+        }
+        let mut short = flags_with(&[("c", "/tmp/c.sock")]);
+        short.mtu = Some(9000);
+        short.max_frame_len = Some(1518);
+        let err = Config::from_toml("", short, 2).unwrap_err().to_string();
+        assert!(err.contains("longer than max_frame_len 1518"), "{err}");
+        let vfio =
+            "[[port]]\nname = \"v\"\nsocket = \"/v\"\ntransport = \"vfio-user\"\nmtu = 1500\n";
+        let c = Config::from_toml(vfio, Overrides::default(), 2).unwrap();
+        assert_eq!(
+            c.ports[0].mtu,
+            Some(1500),
+            "vfio-user ports have an MTU too"
+        );
     }
 
     #[test]

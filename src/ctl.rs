@@ -179,6 +179,7 @@ fn port_state(ports: &[Port]) -> Value {
                 "socket": p.config.socket,
                 "role": match p.config.role { Role::Server => "server", Role::Client => "client" },
                 "mac": mac_string(p.config.mac),
+                "mtu": p.config.mtu,
                 "connected": p.session.is_some(),
                 "last_disconnect": p.last_end,
             });
@@ -217,6 +218,8 @@ fn port_state(ports: &[Port]) -> Value {
                 v["protocol_features"] = json!(format!("{:#x}", d.protocol_features()));
                 v["status"] = json!(d.status());
                 v["memory_regions"] = json!(d.memory().regions().len());
+                // What the data plane enforces: NET_SET_MTU's value, else the setting.
+                v["guest_mtu"] = json!(d.mtu());
                 v["rings"] = json!(rings);
             }
             v
@@ -335,8 +338,8 @@ pub fn render(command: Command, v: &Value) -> String {
         }
         Command::Ports => {
             out += &format!(
-                "{:<12} {:<7} {:<10} {:<19} {:<20} {:<8} socket\n",
-                "port", "role", "connected", "mac", "features", "rings"
+                "{:<12} {:<7} {:<10} {:<19} {:<20} {:<8} {:<6} socket\n",
+                "port", "role", "connected", "mac", "features", "rings", "mtu"
             );
             for p in v.get("ports").and_then(Value::as_array).unwrap_or(&empty) {
                 let rings = p.get("rings").and_then(Value::as_array).map(|r| {
@@ -344,8 +347,13 @@ pub fn render(command: Command, v: &Value) -> String {
                         .filter(|x| x.get("started").and_then(Value::as_bool) == Some(true))
                         .count()
                 });
+                // The MTU enforced: NET_SET_MTU's while connected, else the setting.
+                let mtu = ["guest_mtu", "mtu"]
+                    .iter()
+                    .find_map(|k| p.get(*k).and_then(Value::as_u64))
+                    .map_or_else(|| "-".to_string(), |m| m.to_string());
                 out += &format!(
-                    "{:<12} {:<7} {:<10} {:<19} {:<20} {:<8} {}\n",
+                    "{:<12} {:<7} {:<10} {:<19} {:<20} {:<8} {:<6} {}\n",
                     s(p, "name"),
                     s(p, "role"),
                     p.get("connected").and_then(Value::as_bool).unwrap_or(false),
@@ -354,6 +362,7 @@ pub fn render(command: Command, v: &Value) -> String {
                     rings
                         .map(|n| format!("{n} up"))
                         .unwrap_or_else(|| "-".into()),
+                    mtu,
                     s(p, "socket")
                 );
             }
@@ -383,4 +392,29 @@ pub fn render(command: Command, v: &Value) -> String {
 /// The control socket path to use.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_table_shows_the_mtu_in_force() {
+        let port = |name: &str, mtu: Value, guest_mtu: Value| {
+            json!({ "name": name, "role": "server", "connected": true, "mac": "02:00:00:00:00:01",
+                    "mtu": mtu, "guest_mtu": guest_mtu, "socket": "/s" })
+        };
+        let v = json!({ "ports": [
+            port("a", json!(9000), json!(1500)),
+            port("b", json!(9000), Value::Null),
+            port("c", Value::Null, Value::Null),
+        ] });
+        let out = render(Command::Ports, &v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains(" mtu "), "{out}");
+        let mtu_of = |line: &str| line.split_whitespace().nth(6).unwrap_or("").to_string();
+        assert_eq!(mtu_of(lines[1]), "1500", "{out}");
+        assert_eq!(mtu_of(lines[2]), "9000", "{out}");
+        assert_eq!(mtu_of(lines[3]), "-", "{out}");
+    }
 }

@@ -108,6 +108,10 @@ struct RunArgs {
     /// MACs the FDB may learn on one port at once.
     #[arg(long, value_name = "N")]
     max_learned_macs: Option<u32>,
+    /// MTU of every port (68..=65535) unless its `[[port]]` sets `mtu`: offered to the
+    /// guest (VIRTIO_NET_F_MTU) and enforced on frames delivered to it.
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
     /// Control socket for `vhost-switch ctl` (default /run/vhost-switch/control.sock).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -193,6 +197,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_guest_memory_mb: args.max_guest_memory_mb,
         max_frame_len: args.max_frame_len,
         max_learned_macs: args.max_learned_macs,
+        mtu: args.mtu,
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     for p in &config.ports {

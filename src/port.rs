@@ -120,6 +120,7 @@ impl Port {
             port: self.config.name.clone(),
             mac: self.config.mac,
             queue_pairs: self.config.queue_pairs,
+            mtu: self.config.mtu,
             limits: self.limits,
             dataplane: self.dataplane.clone(),
         }

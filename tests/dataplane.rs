@@ -58,6 +58,102 @@ fn jumbo_frames_without_mrg_rxbuf_are_dropped_as_too_big() {
 }
 
 #[test]
+fn frames_longer_than_the_destination_mtu_are_dropped_as_over_mtu() {
+    // Both ports may carry 9000 bytes (their setting); p1's front-end then tells the
+    // switch its guest has MTU 1500 (QEMU host_mtu=1500), while its rings run.
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect", "--mtu", "9000"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 9216, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 9216, local_mac(2));
+    b.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | NET_MTU, false)
+        .unwrap();
+    b.fe.net_set_mtu(1500, true).unwrap();
+    assert_eq!(d.ctl("ports")["ports"][1]["guest_mtu"], 1500);
+    // 1500 bytes of payload behind an Ethernet header and one VLAN tag: 1518 bytes pass,
+    // one more is over the MTU.
+    a.send_all(&frames(3, 1519, b.mac, a.mac, 0));
+    a.wait_tx_done();
+    assert!(b.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(drops(&d, "p1", 0, "over_mtu"), 3);
+    exchange(&mut a, &mut b, 5, 1518, 10);
+    exchange(&mut a, &mut b, 5, 64, 20);
+    // p0 has only its setting: 9000 + 18 bytes pass, 9019 do not.
+    b.send_all(&frames(2, 9019, a.mac, b.mac, 30));
+    b.wait_tx_done();
+    assert!(a.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(drops(&d, "p0", 0, "over_mtu"), 2);
+    exchange(&mut b, &mut a, 5, 9018, 40);
+    // Dropped at the destination, so the source counts them forwarded: conservation holds
+    // on both sides (RX: delivered + dropped = offered).
+    assert_conservation(&d);
+    let p1 = port_stats(&d, "p1");
+    assert_eq!(p1["tx_packets"], 10);
+    assert_eq!(p1["tx_dropped"], 3);
+}
+
+/// The RARP announcement of `mac` as RFC 903 and QEMU's announce_self lay it out.
+fn rarp_of(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // EtherType RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 3]); // Ethernet, IPv4, 6, 4, reverse request
+    f.extend_from_slice(&mac); // sender hardware address
+    f.extend_from_slice(&[0; 4]); // sender protocol address
+    f.extend_from_slice(&mac); // target hardware address
+    f.extend_from_slice(&[0; 4]); // target protocol address
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn send_rarp_announces_the_mac_to_the_other_ports_and_moves_it_in_the_fdb() {
+    let d = Daemon::start(&["p0", "p1", "p2"], &[]);
+    let (m0, m1, m2) = (memory(), memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    // p2: a legacy driver (10-byte net header), so both header forms get the frame.
+    let mut c = attach(&d, "p2", &m2, BIT30 | EVENT_IDX, 2048, local_mac(3));
+    assert_eq!(c.drv.hdr_len(), 10);
+    // A guest with MAC `vm` lived behind p1: the switch learned it there.
+    let vm = local_mac(9);
+    b.send_all(&frames(1, 64, BROADCAST, vm, 0));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert_eq!(c.recv_n(1, WAIT).len(), 1);
+    let port_of = |d: &Daemon, mac: &str| {
+        d.ctl("fdb")["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac)
+            .map(|e| e["port"].as_str().unwrap().to_string())
+    };
+    assert_eq!(port_of(&d, "02:00:00:00:00:09").as_deref(), Some("p1"));
+    // It moved to p0 (a migration): p0's front-end asks the switch to announce it.
+    a.fe.set_protocol_features(REPLY_ACK | MQ | STATUS | RARP, false)
+        .unwrap();
+    a.fe.send_rarp(vm, true).unwrap();
+    // Acked once sent: the frames are already in the other guests' rings.
+    for (name, g) in [("p1", &mut b), ("p2", &mut c)] {
+        let got = g.recv_n(1, WAIT);
+        assert_eq!(got, vec![rarp_of(vm)], "{name}");
+    }
+    assert!(
+        a.recv_n(1, Duration::from_millis(200)).is_empty(),
+        "announced back to its own port"
+    );
+    assert_eq!(port_of(&d, "02:00:00:00:00:09").as_deref(), Some("p0"));
+    // Unicast to the guest now reaches p0 only.
+    c.send_all(&frames(1, 64, vm, c.mac, 1));
+    assert_eq!(a.recv_n(1, WAIT).len(), 1);
+    assert!(b.recv_n(1, Duration::from_millis(200)).is_empty());
+    // Each announcement copy is counted at its destination like a delivered frame (p2
+    // also got p1's broadcast).
+    assert_eq!(port_stats(&d, "p1")["rings"][0]["packets"], 1);
+    assert_eq!(port_stats(&d, "p2")["rings"][0]["packets"], 2);
+    assert_conservation(&d);
+}
+
+#[test]
 fn both_net_header_sizes_interwork() {
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
     let (m0, m1) = (memory(), memory());

@@ -200,6 +200,133 @@ fn r1_unsupported_requests_are_refused() {
     assert_eq!(d.rejections().len(), 5);
 }
 
+// ---- R12: net device requests (NET_SET_MTU, SEND_RARP) ----
+
+#[test]
+fn r12_mtu_setting_offers_virtio_net_f_mtu_and_get_config_serves_it() {
+    let plain = Daemon::start(&["p0"], &[]);
+    assert_eq!(
+        plain.connect("p0").get_features().unwrap() & F_MTU,
+        0,
+        "no mtu setting"
+    );
+    drop(plain);
+    let d = Daemon::start(&["p0"], &["--mtu", "9000"]);
+    let mut fe = d.connect("p0");
+    assert_ne!(fe.get_features().unwrap() & F_MTU, 0);
+    assert_ne!(fe.get_protocol_features().unwrap() & NET_MTU, 0);
+    fe.set_protocol_features(REPLY_ACK | CONFIG, false).unwrap();
+    // `mtu` is at offset 10 of struct virtio_net_config, little-endian (VERSION_1).
+    assert_eq!(fe.get_config(10, 2, 0).unwrap(), 9000u16.to_le_bytes());
+    fe.set_owner(true).unwrap();
+    fe.set_features(VERSION_1 | BIT30 | F_MTU, true).unwrap();
+    assert_eq!(
+        fe.get_config(0, 12, 0).unwrap()[10..],
+        9000u16.to_le_bytes()
+    );
+    assert!(d.rejections().is_empty(), "{:?}", d.rejections());
+}
+
+#[test]
+fn r12_net_set_mtu_needs_the_net_mtu_protocol_feature() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    assert_nack(fe.net_set_mtu(1500, true));
+    d.wait_log("protocol feature MTU was not negotiated");
+}
+
+#[test]
+fn r12_net_set_mtu_in_range_is_acked_outside_nacked() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    // QEMU's order: NET_SET_MTU at DRIVER_OK, before SET_FEATURES, with VIRTIO_NET_F_MTU
+    // never offered (no mtu setting here): accepted all the same (R10).
+    fe.get_features().unwrap();
+    fe.set_protocol_features(REPLY_ACK | NET_MTU, false)
+        .unwrap();
+    fe.set_owner(true).unwrap();
+    fe.net_set_mtu(9000, true).unwrap();
+    for mtu in [68, 1500, 65_535] {
+        fe.net_set_mtu(mtu, true).unwrap();
+    }
+    for mtu in [0, 67, 65_536, u64::MAX] {
+        assert_nack(fe.net_set_mtu(mtu, true));
+    }
+    let log = d.wait_log("MTU 67 is outside 68..=65535 (virtio 1.2 §5.1.4.1)");
+    assert!(log.contains("R12 net device requests"), "{log}");
+    assert_eq!(d.rejections().len(), 4);
+    // The session goes on.
+    fe.set_features(VERSION_1 | BIT30, true).unwrap();
+    d.wait_log("guest MTU set by NET_SET_MTU port=p0 mtu=9000");
+}
+
+#[test]
+fn r12_net_set_mtu_above_the_port_setting_is_nacked() {
+    let d = Daemon::start(&["p0"], &["--mtu", "1500"]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK | NET_MTU, VERSION_1 | BIT30 | F_MTU);
+    assert_nack(fe.net_set_mtu(9000, true));
+    d.wait_log("MTU 9000 is larger than this port's mtu setting 1500");
+    fe.net_set_mtu(1500, true).unwrap();
+    fe.net_set_mtu(1280, true).unwrap();
+    assert_eq!(d.rejections().len(), 1);
+}
+
+#[test]
+fn r12_net_set_mtu_without_reply_ack_is_silent_and_a_bad_one_closes() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    fe.set_protocol_features(NET_MTU, false).unwrap();
+    fe.set_owner(false).unwrap();
+    fe.net_set_mtu(1500, false).unwrap();
+    // No reply came: the next request's reply is the next thing on the socket.
+    assert_ne!(fe.get_features().unwrap(), 0);
+    fe.net_set_mtu(40, false).unwrap();
+    assert_closed(&mut fe);
+    d.wait_log("MTU 40 is outside 68..=65535");
+}
+
+#[test]
+fn r12_send_rarp_needs_the_rarp_protocol_feature_and_a_unicast_mac() {
+    let d = Daemon::start(&["p0", "p1"], &[]);
+    let mut fe = d.connect("p0");
+    assert_ne!(fe.get_protocol_features().unwrap() & RARP, 0);
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    assert_nack(fe.send_rarp([2, 0, 0, 0, 0, 9], true));
+    d.wait_log("protocol feature RARP was not negotiated");
+    fe.set_protocol_features(REPLY_ACK | RARP, false).unwrap();
+    assert_nack(fe.send_rarp([1, 0, 0x5e, 0, 0, 1], true));
+    assert_nack(fe.send_rarp([0; 6], true));
+    d.wait_log("SEND_RARP refused: 01:00:5e:00:00:01 cannot be a source MAC");
+    fe.send_rarp([2, 0, 0, 0, 0, 9], true).unwrap();
+    d.wait_log("RARP announcement sent port=p0 mac=02:00:00:00:00:09 ports=1");
+    assert_eq!(d.rejections().len(), 3);
+}
+
+#[test]
+fn r12_send_rarp_of_a_mac_the_port_may_not_send_from_is_nacked() {
+    let dir = temp_dir("rarp-security");
+    let config = dir.join("switch.toml");
+    std::fs::write(
+        &config,
+        "[[port]]\nname = \"p0\"\nsocket = \"/unused\"\nallowed_macs = [\"02:00:00:00:00:01\"]\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&["p0", "p1"], &["--config", config.to_str().unwrap()]);
+    let mut fe = d.connect("p0");
+    negotiate(&mut fe, REPLY_ACK | RARP, VERSION_1 | BIT30);
+    assert_nack(fe.send_rarp([2, 0, 0, 0, 0, 2], true));
+    d.wait_log("02:00:00:00:00:02 is not among the port's allowed source MACs");
+    assert!(d.ctl("fdb")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["mac"] != "02:00:00:00:00:02"));
+    fe.send_rarp([2, 0, 0, 0, 0, 1], true).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- R2: protocol features ----
 
 #[test]

@@ -196,6 +196,8 @@ struct VmSpec {
     monitor: bool,
     /// `packed=on`: the guest drives packed rings.
     packed: bool,
+    /// `host_mtu=N`: QEMU offers the guest VIRTIO_NET_F_MTU with N and sends NET_SET_MTU.
+    host_mtu: Option<u32>,
     args: Vec<String>,
 }
 
@@ -209,6 +211,7 @@ impl VmSpec {
             hugepages: false,
             monitor: false,
             packed: false,
+            host_mtu: None,
             args: args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -226,6 +229,10 @@ impl VmSpec {
     }
     fn packed(mut self, packed: bool) -> VmSpec {
         self.packed = packed;
+        self
+    }
+    fn host_mtu(mut self, mtu: u32) -> VmSpec {
+        self.host_mtu = Some(mtu);
         self
     }
 }
@@ -313,9 +320,11 @@ impl Vm {
                 "-device",
                 // vectors=0: QEMU 7.2 under TCG segfaults at DRIVER_OK with MSI-X here.
                 &format!(
-                    "virtio-net-pci,netdev=n0,mac={},vectors=0,romfile={}",
+                    "virtio-net-pci,netdev=n0,mac={},vectors=0,romfile={}{}",
                     spec.mac,
-                    if spec.packed { ",packed=on" } else { "" }
+                    if spec.packed { ",packed=on" } else { "" },
+                    spec.host_mtu
+                        .map_or(String::new(), |m| format!(",host_mtu={m}"))
                 ),
                 "-serial",
                 &format!("file:{}", serial.display()),
@@ -900,6 +909,122 @@ fn two_guests_case(title: &str, packed: [bool; 2]) {
     }
     c.wait_log("front-end disconnected port=p0", 1);
     c.wait_log("front-end disconnected port=p1", 1);
+    c.check_qemu_sequence("p0");
+    c.check_qemu_sequence("p1");
+    c.finish();
+}
+
+/// MTU and RARP with QEMU. Both guests on `host_mtu=9000` devices, on ports whose `mtu`
+/// is 9000 (VIRTIO_NET_F_MTU offered): QEMU sends NET_SET_MTU 9000 before the rings start
+/// and the guests' eth0 come up with MTU 9000; pings of 8972 bytes (9014-byte frames)
+/// cross both ways in one frame each (no IPv4 fragment made or reassembled), none counted
+/// over the MTU. Then HMP `announce_self` on A: QEMU hands each RARP it would send to the
+/// back-end as SEND_RARP; the switch learns A's MAC on p0 and delivers every announcement
+/// into B's RX ring.
+#[test]
+fn qemu_host_mtu_9000_jumbo_ping_and_announce_self_rarp() {
+    let _serial = serial();
+    let Some(image) = image() else { return };
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "learning", "--mtu", "9000"]);
+    let mut c = Case::new(
+        "host_mtu=9000: jumbo ping; announce_self: SEND_RARP",
+        image,
+        d,
+    );
+    let a = c.boot(
+        VmSpec::new(
+            "vm-a",
+            c.sock("p0"),
+            MACS[0],
+            &["vs.mode=link", "vs.ip=10.0.0.1/24", "vs.mtu=9000", LINGER],
+        )
+        .host_mtu(9000)
+        .monitor(),
+    );
+    let b = c.boot(
+        VmSpec::new(
+            "vm-b",
+            c.sock("p1"),
+            MACS[1],
+            &[
+                "vs.mode=ping",
+                "vs.ip=10.0.0.2/24",
+                "vs.peer=10.0.0.1",
+                "vs.psize=8972",
+                "vs.mtu=9000",
+                "vs.timeout=300",
+                LINGER,
+            ],
+        )
+        .host_mtu(9000),
+    );
+    for vm in [a, b] {
+        c.ready(vm, 180);
+        let line = c.vms[vm].lines("VS-READY ").pop().unwrap_or_default();
+        c.ensure(line.contains(" mtu=9000 "), || {
+            format!("guest MTU is not 9000: {line}")
+        });
+    }
+    let r = c.result(b, "ping", 300);
+    c.ensure(
+        is(&r, "received", "3/3")
+            && is(&r, "fragments_made", "0")
+            && is(&r, "fragments_reassembled", "0"),
+        || format!("jumbo pings lost or fragmented: {r:?}"),
+    );
+    for port in ["p0", "p1"] {
+        c.wait_log(
+            &format!("guest MTU set by NET_SET_MTU port={port} mtu=9000"),
+            1,
+        );
+        let rx = c.port_stats(port)["rings"][0].clone();
+        c.ensure(rx["drops"].get("over_mtu").is_none(), || {
+            format!("{port}: frames counted over the MTU: {rx}")
+        });
+    }
+    let bytes = c.counter("p1", "rx_bytes");
+    c.ensure(bytes >= 3 * 9014, || {
+        format!("p1 sent only {bytes} bytes for three 9014-byte frames")
+    });
+
+    let delivered = |c: &Case| {
+        c.port_stats("p1")["rings"][0]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = delivered(&c);
+    c.vms[a].hmp("announce_self");
+    c.wait_log("SEND_RARP: MAC learned on this port", 1);
+    // QEMU announces in rounds (5 by default, 50 to 550 ms apart): let them all come.
+    std::thread::sleep(Duration::from_secs(3));
+    let rarps = c
+        .switch()
+        .log()
+        .matches("SEND_RARP: MAC learned on this port, RARP announcement sent port=p0 mac=52:54:00:00:00:01 ports=1")
+        .count() as u64;
+    let after = delivered(&c);
+    c.ensure(rarps >= 1 && after - before >= rarps, || {
+        format!(
+            "{rarps} SEND_RARP, but p1's RX ring got {} frames",
+            after - before
+        )
+    });
+    c.note(format!(
+        "announce_self: {rarps} SEND_RARP, {} frames to vm-b",
+        after - before
+    ));
+    c.check_fdb(&[(MACS[0], "p0"), (MACS[1], "p1")]);
+    for vm in &c.vms {
+        vm.quit();
+    }
+    c.wait_log("front-end disconnected port=p0", 1);
+    c.wait_log("front-end disconnected port=p1", 1);
+    c.note(format!("requests on p0: {}", c.requests("p0").join(" ")));
+    for request in ["request=NET_SET_MTU", "request=SEND_RARP"] {
+        let log = c.switch().log();
+        let line = log.lines().find(|l| l.contains(request)).unwrap_or("");
+        c.note(format!("first {request}: {}", line.trim()));
+    }
     c.check_qemu_sequence("p0");
     c.check_qemu_sequence("p1");
     c.finish();

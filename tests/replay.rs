@@ -64,6 +64,37 @@ fn replay_qemu_7_2_with_set_mem_table_and_probing_enables() {
     assert_no_rejection(&d);
 }
 
+/// QEMU 7.2 with `host_mtu=9000` on a port with `mtu = 9000`, as recorded in
+/// docs/interop.md: NET_SET_MTU (NEED_REPLY) before SET_FEATURES, F_MTU acked; then
+/// `announce_self`: SEND_RARP per round without NEED_REPLY.
+#[test]
+fn replay_qemu_7_2_with_host_mtu_and_announce_self() {
+    let d = Daemon::start(&["p0", "p1"], &["--mtu", "9000"]);
+    let mut fe = d.connect("p0");
+    let mem = SharedMemory::new(4 << 20, HugePages::Never).unwrap();
+    let rings = rings(&mem, 0);
+    let opts = QemuOptions {
+        early_enable_rounds: 4,
+        host_mtu: Some(9000),
+        ..QemuOptions::default()
+    };
+    let n = sequences::qemu_7_2(&mut fe, &[&mem], &rings, &opts).unwrap();
+    assert!(n.has_protocol(Proto::MTU) && n.has_protocol(Proto::RARP));
+    assert_ne!(n.acked_features & sequences::bits::NET_F_MTU, 0);
+    d.wait_log("guest MTU set by NET_SET_MTU port=p0 mtu=9000");
+    let mac = [0x52, 0x54, 0, 0, 0, 1];
+    assert_eq!(
+        sequences::qemu_7_2_announce(&mut fe, &n, mac, 5).unwrap(),
+        5
+    );
+    d.wait_log_count(
+        "RARP announcement sent port=p0 mac=52:54:00:00:00:01 ports=1",
+        5,
+    );
+    sequences::qemu_7_2_stop(&mut fe, &n).unwrap();
+    assert_no_rejection(&d);
+}
+
 #[test]
 fn replay_qemu_reconnect_resumes_at_the_used_index() {
     // QEMU with reconnect=1 replays the handshake with a non-zero SET_VRING_BASE.

@@ -62,9 +62,12 @@ fuzz_target!(|data: &[u8]| {
         let base = if layout == Layout::Packed { 0x8000 } else { 0 };
         RingRuntime::start(index, base, t, mem.clone(), RingFeatures::from_features(features), true, None)
     };
+    // The destination's MTU from the two bits the feature map leaves unused, so that
+    // `over_mtu` drops are part of the conservation checked below.
+    let mtu_b = [None, Some(68), Some(1500), Some(9000)][usize::from(data[1] >> 6)];
     let ports = vec![
-        Some(Arc::new(PortSnapshot { features: fa, rings: vec![None, Some(ring(&a, 1, fa))] })),
-        Some(Arc::new(PortSnapshot { features: fb, rings: vec![Some(ring(&b, 0, fb)), None] })),
+        Some(Arc::new(PortSnapshot { features: fa, rings: vec![None, Some(ring(&a, 1, fa))], mtu: None })),
+        Some(Arc::new(PortSnapshot { features: fb, rings: vec![Some(ring(&b, 0, fb)), None], mtu: mtu_b })),
     ];
     let stats: Vec<Vec<QueueStats>> = (0..2).map(|_| (0..2).map(|_| QueueStats::default()).collect()).collect();
     let switch = Switch::new(Mode::Xconnect, 2, 300, Vec::new());

@@ -39,6 +39,8 @@ fuzz_target!(|data: &[u8]| {
         port: "fuzz".into(),
         mac: [2, 0, 0, 0, 0, 1],
         queue_pairs: 1,
+        // An MTU setting, so that NET_SET_MTU's bound is reached too.
+        mtu: Some(9000),
         limits: Limits { max_mem_slots: 8, max_memory: 64 << 20, ..Limits::default() },
         dataplane: None,
     };

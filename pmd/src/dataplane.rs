@@ -9,6 +9,9 @@
 //! Snapshots a PMD lets go of are never the last reference: `publish` keeps the replaced
 //! snapshot in a retired list that `quiesce` empties on the control thread once no PMD
 //! can hold it, so a mapping is always unmapped by the control thread, never by a PMD.
+//!
+//! Frames the switch sends on its own ([`Dataplane::announce`]) ride on the same epoch: a
+//! PMD delivers them at its quiescent point (see [`crate::announce`]).
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::announce::{self, Announcement, Targets};
+use crate::chain::Segments;
 use crate::cpu::{cycles, pin_current_thread};
 use crate::forward::{self, Context, Scratch};
+use crate::net::{mac_string, MacAddr, RarpAnnouncement, BROADCAST};
 use crate::snapshot::PortSnapshot;
 use crate::stats::{QueueStats, QueueTotals};
-use crate::switch::{FdbEntry, Mode, PortPolicy, Switch};
+use crate::switch::{is_multicast, Destination, FdbEntry, Mode, PortPolicy, Switch};
 
 /// Empty polls after which an idle PMD yields its core once.
 const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
@@ -30,6 +36,9 @@ const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
 /// How often `quiesce` warns that a PMD is late (preempted on a loaded machine, say).
 const QUIESCE_WARN: Duration = Duration::from_secs(2);
+/// Announcements queued at once (the control thread waits for each to go out, so one is
+/// the most in practice; the bound keeps a misuse from growing memory).
+const ANNOUNCE_QUEUE: usize = 8;
 /// How long `quiesce` waits for a PMD by default before the switch gives up on it.
 pub const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,6 +91,23 @@ pub enum DataplaneError {
     Dead(usize),
 }
 
+/// An announcement the data plane will not send.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AnnounceError {
+    /// A multicast or all-zero MAC cannot be a frame's source.
+    #[error("{} cannot be a source MAC (multicast or zero)", mac_string(*.0))]
+    InvalidMac(MacAddr),
+    /// The port may not send from this MAC (`allowed_macs`).
+    #[error("{} is not among the port's allowed source MACs", mac_string(*.0))]
+    NotAllowed(MacAddr),
+    /// No such port.
+    #[error("no port {0}")]
+    NoPort(usize),
+    /// Too many announcements wait for a PMD.
+    #[error("{ANNOUNCE_QUEUE} announcements already wait for a PMD")]
+    QueueFull,
+}
+
 #[derive(Debug)]
 struct PortSlot {
     snapshot: Mutex<Option<Arc<PortSnapshot>>>,
@@ -118,6 +144,9 @@ struct Shared {
     quiesce_timeout: Duration,
     /// Snapshots replaced by `publish`, dropped by `quiesce` on the control thread.
     retired: Mutex<Vec<Arc<PortSnapshot>>>,
+    /// Frames for the next PMD at a quiescent point (capacity [`ANNOUNCE_QUEUE`], allocated
+    /// at start: neither side allocates or frees while queueing).
+    announcements: Mutex<Vec<Announcement>>,
 }
 
 impl Shared {
@@ -228,6 +257,7 @@ impl Dataplane {
             max_frame: cfg.max_frame,
             quiesce_timeout: cfg.quiesce_timeout,
             retired: Mutex::new(Vec::new()),
+            announcements: Mutex::new(Vec::with_capacity(ANNOUNCE_QUEUE)),
         });
         let mut dp = Dataplane {
             shared,
@@ -322,6 +352,50 @@ impl Dataplane {
         );
         drop(retired);
         Ok(())
+    }
+
+    /// Announces `mac` from `port`, as SEND_RARP asks: the switch treats it as a broadcast
+    /// the port sent from `mac` (port security checked first, then `mac` learned on the
+    /// port within its limit, moving it from another port, as a migrated guest's first
+    /// frame would) and queues a RARP announcement ([`RarpAnnouncement`]) for the ports
+    /// that broadcast reaches. A PMD sends it at its next quiescent point: call
+    /// [`Dataplane::quiesce`] to wait until it went out. Returns the number of ports it
+    /// goes to.
+    pub fn announce(&self, port: usize, mac: MacAddr) -> Result<usize, AnnounceError> {
+        let ports = self.shared.ports.len();
+        if port >= ports {
+            return Err(AnnounceError::NoPort(port));
+        }
+        if is_multicast(mac) || mac == [0; 6] {
+            return Err(AnnounceError::InvalidMac(mac));
+        }
+        let now = self.shared.now_secs();
+        let (targets, count) = match self.shared.switch.decide(port, BROADCAST, mac, now) {
+            Destination::Spoofed => return Err(AnnounceError::NotAllowed(mac)),
+            Destination::Nowhere => return Ok(0),
+            Destination::Flood => (Targets::AllBut(port), ports - 1),
+            Destination::Port(p) => (Targets::Port(p), 1),
+        };
+        if count == 0 {
+            return Ok(0);
+        }
+        {
+            let mut queue = self
+                .shared
+                .announcements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if queue.len() == queue.capacity() {
+                return Err(AnnounceError::QueueFull);
+            }
+            queue.push(Announcement {
+                targets,
+                frame: RarpAnnouncement { mac }.emit(),
+            });
+        }
+        // Wakes every PMD up to a quiescent point, where one of them takes the frame.
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(count)
     }
 
     /// Forgets FDB entries learned on `port` (its front-end left) and expired ones.
@@ -424,6 +498,7 @@ fn pmd_loop(shared: &Shared, me: usize) {
     let mut generations = vec![0u64; shared.slots.len()];
     let mut seen = u64::MAX;
     let mut scratch = Scratch::default();
+    let mut announce_segs = Segments::with_capacity(announce::SEGMENTS);
     let (mut busy, mut idle) = (0u64, 0u64);
     let mut iterations = 0u32;
     let mut now = shared.now_secs();
@@ -447,6 +522,18 @@ fn pmd_loop(shared: &Shared, me: usize) {
                     ports[i] = fresh;
                     generations[i] = g;
                 }
+            }
+            // Frames queued before this epoch go out before it is acknowledged, so the
+            // control thread's quiesce waits for them. Popped one at a time: the queue's
+            // lock is never held while a ring is.
+            loop {
+                let next = shared
+                    .announcements
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop();
+                let Some(a) = next else { break };
+                announce::deliver(&mut announce_segs, &a, &ports, &pmd.stats);
             }
             seen = epoch;
             pmd.seen_epoch.store(epoch, Ordering::Release);
@@ -530,7 +617,30 @@ mod tests {
         Arc::new(PortSnapshot {
             features: 0,
             rings: vec![None, None],
+            mtu: None,
         })
+    }
+
+    #[test]
+    fn announcements_are_checked_and_a_lone_port_has_nobody_to_tell() {
+        let dp = one_port_dataplane();
+        let mac = [2, 0, 0, 0, 0, 5];
+        assert_eq!(dp.announce(1, mac), Err(AnnounceError::NoPort(1)));
+        assert_eq!(
+            dp.announce(0, [3, 0, 0, 0, 0, 5]),
+            Err(AnnounceError::InvalidMac([3, 0, 0, 0, 0, 5]))
+        );
+        assert_eq!(
+            dp.announce(0, [0; 6]),
+            Err(AnnounceError::InvalidMac([0; 6]))
+        );
+        // Learned all the same: the port is where the MAC is.
+        assert_eq!(dp.announce(0, mac), Ok(0));
+        assert_eq!(
+            dp.fdb().first().map(|(e, _)| (e.mac, e.port)),
+            Some((mac, 0))
+        );
+        dp.quiesce().unwrap();
     }
 
     #[test]

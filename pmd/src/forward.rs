@@ -417,10 +417,10 @@ fn deliver_to(
         .iter()
         .filter(|t| goes_to(t, port, source.port))
         .count() as u64;
-    let rx = match ctx.ports[port]
-        .as_ref()
-        .and_then(|s| s.rings.get(ring_index))
-    {
+    let snapshot = ctx.ports[port].as_deref();
+    // Read once per destination: each frame then costs one compare against it.
+    let limit = snapshot.map_or(u64::MAX, PortSnapshot::frame_limit);
+    let rx = match snapshot.and_then(|s| s.rings.get(ring_index)) {
         Some(Some(rx)) if rx.enabled && rx.shared.broken() == 0 => rx,
         _ => {
             // No front-end, ring not started, disabled or broken.
@@ -431,12 +431,12 @@ fn deliver_to(
     let mut guard = rx.shared.lock();
     let cur = guard.cursor();
     match rx.ring() {
-        Some(RingView::Split(ring)) => {
-            deliver_on(scratch, n, count, source, port, rx, &ring, cur, stats)
-        }
-        Some(RingView::Packed(ring)) => {
-            deliver_on(scratch, n, count, source, port, rx, &ring, cur, stats)
-        }
+        Some(RingView::Split(ring)) => deliver_on(
+            scratch, n, count, source, port, limit, rx, &ring, cur, stats,
+        ),
+        Some(RingView::Packed(ring)) => deliver_on(
+            scratch, n, count, source, port, limit, rx, &ring, cur, stats,
+        ),
         None => {
             stop_ring(rx, broken::NO_MEMORY, port);
             stats.drops[DropReason::RxRingUnavailable as usize].add(count);
@@ -448,7 +448,8 @@ fn deliver_to(
 }
 
 /// Reserves, copies and publishes the `frames` frames of the burst bound for `port` on its
-/// RX ring `ring`, whatever its layout.
+/// RX ring `ring`, whatever its layout. Frames longer than `limit` (what the port's MTU
+/// allows, see [`PortSnapshot::frame_limit`]) are dropped as `over_mtu`.
 #[allow(clippy::too_many_arguments)]
 fn deliver_on<R: DeviceRing>(
     scratch: &mut Scratch,
@@ -456,6 +457,7 @@ fn deliver_on<R: DeviceRing>(
     frames: u64,
     source: &Source<'_>,
     port: usize,
+    limit: u64,
     rx: &RingRuntime,
     ring: &R,
     cur: &mut Cursor,
@@ -470,6 +472,10 @@ fn deliver_on<R: DeviceRing>(
     let mut exhausted: Option<DropReason> = None;
     for k in 0..n {
         if !goes_to(&scratch.taken[k], port, source.port) {
+            continue;
+        }
+        if scratch.taken[k].frame_len(source.header_len) > limit {
+            stats.drop(DropReason::OverMtu);
             continue;
         }
         if let Some(reason) = exhausted {

@@ -14,7 +14,9 @@
 //! - [`forward`]: the burst fast path (dequeue, switch, single copy, enqueue);
 //! - [`switch`]: learning bridge FDB and cross-connect;
 //! - [`stats`]: single-writer counters and drop reasons;
-//! - [`snapshot`], [`dataplane`]: the control-to-data-plane handoff and the PMD threads.
+//! - [`snapshot`], [`dataplane`]: the control-to-data-plane handoff and the PMD threads;
+//!   [`announce`]: frames the switch sends itself (SEND_RARP), delivered by a PMD at a
+//!   quiescent point.
 //!
 //! `unsafe` lives in three files only: `memory/slice.rs` (guest memory accesses), `mmap.rs`
 //! (mapping, the SIGBUS fence) and `cpu.rs` (pinning, the cycle counter); every other
@@ -22,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod announce;
 pub mod chain;
 pub mod copy;
 pub mod cpu;

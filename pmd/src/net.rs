@@ -131,9 +131,97 @@ impl EthernetHeader {
     }
 }
 
+/// EtherType of RARP (RFC 903).
+pub const ETHERTYPE_RARP: u16 = 0x8035;
+/// The broadcast MAC.
+pub const BROADCAST: MacAddr = [0xff; 6];
+
+/// Byte ranges of the RARP packet fields behind the Ethernet header (RFC 903 uses ARP's
+/// layout, RFC 826, for Ethernet and IPv4).
+mod rarp_field {
+    use std::ops::Range;
+    pub const HTYPE: Range<usize> = 14..16;
+    pub const PTYPE: Range<usize> = 16..18;
+    pub const HLEN: usize = 18;
+    pub const PLEN: usize = 19;
+    pub const OPER: Range<usize> = 20..22;
+    pub const SHA: Range<usize> = 22..28;
+    pub const SPA: Range<usize> = 28..32;
+    pub const THA: Range<usize> = 32..38;
+    pub const TPA: Range<usize> = 38..42;
+}
+
+/// A RARP announcement of a MAC: the frame a hypervisor broadcasts after moving a guest so
+/// that switches learn where the MAC now is (QEMU's `announce_self` sends this form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RarpAnnouncement {
+    /// The MAC announced: Ethernet source, sender and target hardware address.
+    pub mac: MacAddr,
+}
+
+impl RarpAnnouncement {
+    /// Frame length: 42 bytes of headers padded to Ethernet's 60-byte minimum (the FCS is
+    /// not part of a virtio-net frame).
+    pub const LEN: usize = 60;
+    /// ARP hardware type Ethernet.
+    const HTYPE_ETHERNET: u16 = 1;
+    /// ARP protocol type IPv4.
+    const PTYPE_IPV4: u16 = 0x0800;
+    /// RFC 903 opcode 3, "request reverse".
+    pub const OPER_REQUEST_REVERSE: u16 = 3;
+
+    /// Encodes the frame: broadcast from `mac`, EtherType RARP, a reverse request whose
+    /// sender and target hardware addresses are `mac` and whose protocol addresses are
+    /// 0.0.0.0 (the guest's IP is not known to the switch).
+    pub fn emit(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        let eth = EthernetHeader {
+            dst: BROADCAST,
+            src: self.mac,
+            ethertype: ETHERTYPE_RARP,
+        };
+        b[..EthernetHeader::LEN].copy_from_slice(&eth.emit());
+        b[rarp_field::HTYPE].copy_from_slice(&Self::HTYPE_ETHERNET.to_be_bytes());
+        b[rarp_field::PTYPE].copy_from_slice(&Self::PTYPE_IPV4.to_be_bytes());
+        b[rarp_field::HLEN] = 6;
+        b[rarp_field::PLEN] = 4;
+        b[rarp_field::OPER].copy_from_slice(&Self::OPER_REQUEST_REVERSE.to_be_bytes());
+        b[rarp_field::SHA].copy_from_slice(&self.mac);
+        b[rarp_field::SPA].fill(0);
+        b[rarp_field::THA].copy_from_slice(&self.mac);
+        b[rarp_field::TPA].fill(0);
+        b
+    }
+}
+
+/// `02:00:00:00:00:01` form, for logs and messages.
+pub fn mac_string(mac: MacAddr) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rarp_announcement_is_an_rfc_903_reverse_request_from_the_mac() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let f = RarpAnnouncement { mac }.emit();
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        // htype 1, ptype 0x0800, hlen 6, plen 4, op 3.
+        assert_eq!(&f[14..22], &[0, 1, 8, 0, 6, 4, 0, 3]);
+        assert_eq!(&f[22..28], &mac);
+        assert_eq!(&f[28..32], &[0; 4]);
+        assert_eq!(&f[32..38], &mac);
+        assert!(f[38..].iter().all(|&b| b == 0));
+        assert_eq!(mac_string(mac), "52:54:00:12:34:56");
+    }
 
     #[test]
     fn virtio_net_header_round_trips_in_wire_order() {

@@ -31,10 +31,13 @@ pub enum DropReason {
     TooLong,
     /// Source: the source MAC is not among the port's allowed sources (port security).
     Spoofed,
+    /// Destination: the frame is longer than the destination port's MTU allows (MTU plus
+    /// an Ethernet header and one 802.1Q tag, see [`crate::snapshot::PortSnapshot::frame_limit`]).
+    OverMtu,
 }
 
 /// Number of drop reasons.
-pub const DROP_REASONS: usize = 10;
+pub const DROP_REASONS: usize = 11;
 
 impl DropReason {
     /// All reasons, in counter order.
@@ -49,6 +52,7 @@ impl DropReason {
         DropReason::RxBadDescriptor,
         DropReason::TooLong,
         DropReason::Spoofed,
+        DropReason::OverMtu,
     ];
 
     /// Snake-case name for output.
@@ -64,6 +68,7 @@ impl DropReason {
             DropReason::RxBadDescriptor => "rx_bad_descriptor",
             DropReason::TooLong => "too_long",
             DropReason::Spoofed => "spoofed",
+            DropReason::OverMtu => "over_mtu",
         }
     }
 }

@@ -364,7 +364,13 @@ impl Pair {
         let layout = |f: u64| f & RING_PACKED != 0;
         let tx = Driver::new(layout(tx_features), tx_features & IN_ORDER != 0, size, 0);
         let rx = Driver::new(layout(rx_features), rx_features & IN_ORDER != 0, size, 0);
-        let port = |features, rings| Some(Arc::new(PortSnapshot { features, rings }));
+        let port = |features, rings| {
+            Some(Arc::new(PortSnapshot {
+                features,
+                rings,
+                mtu: None,
+            }))
+        };
         let ports = vec![
             port(
                 tx_features,

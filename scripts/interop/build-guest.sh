@@ -80,18 +80,21 @@ cat >"$root/init" <<'EOF'
 # PID 1 of the vhost-switch test guest. Kernel parameters:
 #   vs.mode=STEP[+STEP...]  steps run in order, each printing one VS-RESULT line:
 #       link       eth0 up with carrier (nothing else)
-#       ping       3 pings to vs.peer (after waiting for it to answer)
+#       ping       3 pings of vs.psize bytes to vs.peer (after waiting for it to answer);
+#                  its line says how many IPv4 fragments this guest made and reassembled
 #       tcp-send   vs.size MiB of random data to vs.peer:5000, md5 of what was sent
 #       tcp-recv   listen on :5000, expect vs.size MiB, md5 of what arrived
 #       ping-loop  vs.count probes (1 s timeout each, 0.5 s apart), one VS-PING line each;
 #                  keeps going through a link gap (e.g. the switch restarting)
 #   vs.ip=ADDR/PREFIX  vs.peer=ADDR  vs.size=MiB (default 16)  vs.count=N (default 20)
+#   vs.psize=BYTES  ping payload (default 56; 8972 fills a 9000-byte MTU)
+#   vs.mtu=BYTES    eth0's MTU (default: what the device offers, VIRTIO_NET_F_MTU)
 #   vs.timeout=SEC  how long to wait for carrier, the peer or a transfer (default 60)
 #   vs.linger=SEC   stay up SEC seconds after the last step before powering off (default
 #                   0), so that a test can inspect the switch while the guest is attached
 # Serial console lines, one each, for tests to grep:
 #   VS-BOOT uptime=U                          once per boot (a test checks for no reboot)
-#   VS-READY mac=M ip=A carrier=C uptime=U    eth0 up, address set, carrier waited for
+#   VS-READY mac=M ip=A mtu=N carrier=C uptime=U  eth0 up, address set, carrier waited for
 #   VS-PING n=I ok=0|1 carrier=0|1 uptime=U   each ping-loop probe
 #   VS-RESULT mode=STEP ok=0|1 uptime=U ...   each step; a failed step powers off at once
 # IPv6 is disabled, so a guest sends no multicast of its own: the only frames flooded to
@@ -109,7 +112,7 @@ dmesg -n 1
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 echo "VS-BOOT uptime=$(uptime_s)"
 
-mode=link ip= peer= size=16 timeout=60 count=20 linger=0
+mode=link ip= peer= size=16 timeout=60 count=20 linger=0 psize=56 mtu=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.mode=*) mode=${arg#*=} ;;
@@ -119,6 +122,8 @@ for arg in $(cat /proc/cmdline); do
         vs.timeout=*) timeout=${arg#*=} ;;
         vs.count=*) count=${arg#*=} ;;
         vs.linger=*) linger=${arg#*=} ;;
+        vs.psize=*) psize=${arg#*=} ;;
+        vs.mtu=*) mtu=${arg#*=} ;;
     esac
 done
 steps=$(echo "$mode" | tr '+' ' ')
@@ -147,6 +152,8 @@ for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/defaul
 done
 mac=$(cat /sys/class/net/eth0/address)
 ip link set lo up
+# virtio_net caps the MTU at the device's (VIRTIO_NET_F_MTU): a larger one fails here.
+[ -z "$mtu" ] || ip link set eth0 mtu "$mtu" || result 0 "reason=mtu-refused mtu=$mtu mac=$mac"
 ip link set eth0 up || result 0 "reason=link-up-failed mac=$mac"
 [ -z "$ip" ] || ip addr add "$ip" dev eth0 || result 0 "reason=bad-ip ip=$ip"
 # Carrier follows the vhost-user connection (QEMU reports link down without a backend).
@@ -157,7 +164,7 @@ until [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ]; do
 done
 carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0)
 info="mac=$mac carrier=$carrier"
-echo "VS-READY mac=$mac ip=${ip:-none} carrier=$carrier uptime=$(uptime_s)"
+echo "VS-READY mac=$mac ip=${ip:-none} mtu=$(cat /sys/class/net/eth0/mtu) carrier=$carrier uptime=$(uptime_s)"
 [ "$carrier" = 1 ] || result 0 "reason=no-carrier $info"
 
 # The peer may still be booting: poll it before the real check so a late start is not
@@ -173,11 +180,19 @@ wait_peer() {
 elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { print b - a }'; }
 set -o pipefail
 
+# ip_counter NAME: a counter of the Ip: lines of /proc/net/snmp (names, then values).
+ip_counter() {
+    awk -v k="$1" '/^Ip:/ { if (!c) { for (i = 1; i <= NF; i++) if ($i == k) c = i } else { print $c; exit } }' /proc/net/snmp
+}
+
 step_ping() {
     wait_peer
-    if out=$(ping -c 3 -W 2 "$peer"); then ok=1; else ok=0; fi
+    # A jumbo ping that went as fragments would pass too: count them around it.
+    frag0=$(ip_counter FragCreates) reasm0=$(ip_counter ReasmReqds)
+    if out=$(ping -c 3 -W 2 -s "$psize" "$peer"); then ok=1; else ok=0; fi
     rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-    result $ok "peer=$peer received=$rx/3 $info"
+    frags=$(($(ip_counter FragCreates) - frag0)) reasm=$(($(ip_counter ReasmReqds) - reasm0))
+    result $ok "peer=$peer received=$rx/3 psize=$psize fragments_made=$frags fragments_reassembled=$reasm $info"
 }
 
 step_tcp_send() {

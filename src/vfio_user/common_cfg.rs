@@ -26,6 +26,15 @@ pub const OFFERED: u64 = mask(bit::VERSION_1)
     | mask(bit::EVENT_IDX)
     | mask(bit::INDIRECT_DESC);
 
+/// The features a port offers: [`OFFERED`], plus VIRTIO_NET_F_MTU when the port has an
+/// `mtu` setting (the device config space then carries it).
+pub const fn offered(mtu: Option<u16>) -> u64 {
+    match mtu {
+        Some(_) => OFFERED | mask(bit::MTU),
+        None => OFFERED,
+    }
+}
+
 /// One queue's registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -86,6 +95,8 @@ pub struct CommonCfg {
     queue_select: u16,
     queues: Vec<QueueConfig>,
     port: String,
+    /// What the device offers ([`offered`]); kept across resets.
+    offered: u64,
 }
 
 /// (offset, length) of each register, in the structure's order.
@@ -109,8 +120,14 @@ const FIELDS: [(u64, u64); 16] = [
 ];
 
 impl CommonCfg {
-    /// The structure after reset; `port` names the port in logs.
+    /// The structure after reset of a device offering [`OFFERED`]; `port` names the port
+    /// in logs.
     pub fn new(port: &str) -> Self {
+        Self::with_offered(port, OFFERED)
+    }
+
+    /// The structure after reset of a device offering `offered` (see [`offered`]).
+    pub fn with_offered(port: &str, offered: u64) -> Self {
         CommonCfg {
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -120,6 +137,7 @@ impl CommonCfg {
             queue_select: 0,
             queues: vec![QueueConfig::default(); usize::from(NUM_QUEUES)],
             port: port.to_string(),
+            offered,
         }
     }
 
@@ -146,7 +164,7 @@ impl CommonCfg {
 
     /// Back to the state after power-on.
     pub fn reset(&mut self) {
-        *self = CommonCfg::new(&self.port);
+        *self = CommonCfg::with_offered(&self.port, self.offered);
     }
 
     fn selected(&self) -> Option<&QueueConfig> {
@@ -159,8 +177,8 @@ impl CommonCfg {
         match index {
             0 => u64::from(self.device_feature_select),
             1 => match self.device_feature_select {
-                0 => OFFERED & 0xffff_ffff,
-                1 => OFFERED >> 32,
+                0 => self.offered & 0xffff_ffff,
+                1 => self.offered >> 32,
                 _ => 0,
             },
             2 => u64::from(self.driver_feature_select),
@@ -276,7 +294,7 @@ impl CommonCfg {
         let mut value = value;
         let old = self.status;
         if value & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
-            if let Err(why) = check_features(self.driver_features) {
+            if let Err(why) = check_features(self.driver_features, self.offered) {
                 tracing::warn!(port = %self.port, rule = "R5 FEATURES_OK", "FEATURES_OK refused: {why}");
                 value &= !status::FEATURES_OK;
             } else {
@@ -349,10 +367,10 @@ fn checked_vector(v: u16) -> u16 {
     }
 }
 
-/// Why a feature set cannot be accepted: bits never offered, a modern device without
-/// VERSION_1, or a §5.1.3.1 dependency missing.
-pub fn check_features(f: u64) -> Result<(), String> {
-    let unoffered = f & !OFFERED;
+/// Why a feature set cannot be accepted by a device offering `offered`: bits never
+/// offered, a modern device without VERSION_1, or a §5.1.3.1 dependency missing.
+pub fn check_features(f: u64, offered: u64) -> Result<(), String> {
+    let unoffered = f & !offered;
     if unoffered != 0 {
         return Err(format!("features {unoffered:#x} were never offered"));
     }
@@ -433,7 +451,16 @@ mod tests {
             assert_eq!(st & status::FEATURES_OK != 0, ok, "features {f:#x}");
         }
         // The dependency table is the shared one.
-        assert!(check_features(mask(bit::VERSION_1) | mask(bit::GUEST_TSO4)).is_err());
+        assert!(check_features(mask(bit::VERSION_1) | mask(bit::GUEST_TSO4), OFFERED).is_err());
+        // VIRTIO_NET_F_MTU only where it is offered (a port with an mtu).
+        let with_mtu = good | mask(bit::MTU);
+        assert!(check_features(with_mtu, OFFERED).is_err());
+        assert!(check_features(with_mtu, offered(Some(1500))).is_ok());
+        let mut c = CommonCfg::with_offered("p", offered(Some(1500)));
+        assert_eq!(r(&c, 0x04, 4), (OFFERED | mask(bit::MTU)) & 0xffff_ffff);
+        assert_ne!(negotiate(&mut c, with_mtu) & status::FEATURES_OK, 0);
+        c.reset();
+        assert_eq!(r(&c, 0x04, 4), (OFFERED | mask(bit::MTU)) & 0xffff_ffff);
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl VirtioNetPci {
             msix_bar[MSIX_TABLE_OFFSET as usize + 16 * v + 12] = 1;
         }
         Ok(VirtioNetPci {
-            common: CommonCfg::new(&cfg.port),
+            common: CommonCfg::with_offered(&cfg.port, super::common_cfg::offered(cfg.mtu)),
             cfg,
             versioned: false,
             pci: PciConfig::new(),
@@ -552,7 +552,15 @@ impl VirtioNetPci {
             rings.push(runtime);
         }
         let any = rings.iter().any(Option::is_some);
-        self.snapshot = any.then(|| Arc::new(PortSnapshot { features, rings }));
+        // No NET_SET_MTU over PCI: the port's setting is the guest's MTU.
+        let mtu = self.cfg.mtu;
+        self.snapshot = any.then(|| {
+            Arc::new(PortSnapshot {
+                features,
+                rings,
+                mtu,
+            })
+        });
         if let Some((dp, port)) = &self.cfg.dataplane {
             dp.publish(*port, self.snapshot.clone());
             if let Err(e) = dp.quiesce() {

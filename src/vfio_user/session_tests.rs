@@ -56,12 +56,18 @@ fn words(ws: &[u32]) -> Vec<u8> {
 
 impl Client {
     fn new() -> Client {
+        Client::with_mtu(None)
+    }
+
+    /// A client of a port with `mtu` as its setting.
+    fn with_mtu(mtu: Option<u16>) -> Client {
         let (sock, server) = UnixStream::pair().unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let cfg = DeviceConfig {
             port: "vfu".into(),
             mac: [2, 0, 0, 0, 0, 7],
             queue_pairs: 1,
+            mtu,
             limits: Limits {
                 max_mem_slots: 4,
                 max_memory: 64 << 20,
@@ -198,6 +204,28 @@ impl Client {
         }
         self.common(0x1c, 1, 2);
     }
+}
+
+#[test]
+fn a_port_with_an_mtu_offers_virtio_net_f_mtu_and_serves_it_in_the_device_config() {
+    let mtu = mask(bit::MTU);
+    let features = mask(bit::VERSION_1) | mask(bit::MRG_RXBUF);
+    let mut plain = Client::new();
+    plain.version();
+    let offered = plain.read(VIRTIO_BAR, COMMON_OFFSET + 0x04, 4);
+    assert_eq!(u64::from(offered[0]) & mtu, 0);
+    assert_eq!(plain.bring_up(features | mtu) & status::FEATURES_OK, 0);
+
+    let mut c = Client::with_mtu(Some(9000));
+    c.version();
+    let offered = c.read(VIRTIO_BAR, COMMON_OFFSET + 0x04, 4);
+    assert_ne!(u64::from(offered[0]) & mtu, 0);
+    // `mtu` at offset 10 of struct virtio_net_config, little-endian.
+    assert_eq!(
+        c.read(VIRTIO_BAR, DEVICE_OFFSET + 10, 2),
+        9000u16.to_le_bytes()
+    );
+    assert_ne!(c.bring_up(features | mtu) & status::FEATURES_OK, 0);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use vhost::vhost_user::VhostUserProtocolFeatures as Proto;
 use vm_memory::ByteValued;
 
 use super::config_space;
-use super::features::{self, bit, mask, OFFERED_FEATURES, OFFERED_PROTOCOL_FEATURES};
+use super::features::{self, bit, mask, OFFERED_PROTOCOL_FEATURES};
 use super::rings::VringState;
 use super::violation::Violation;
 use super::wire::Request;
@@ -49,6 +49,10 @@ pub struct DeviceConfig {
     pub mac: [u8; 6],
     /// Queue pairs (rings = 2 x pairs).
     pub queue_pairs: u16,
+    /// The port's `mtu` setting: offered as VIRTIO_NET_F_MTU with `mtu` in the config
+    /// space, the upper bound of NET_SET_MTU, and the MTU enforced on frames delivered to
+    /// the port until NET_SET_MTU says otherwise. `None`: not offered, no bound.
+    pub mtu: Option<u16>,
     /// What one front-end may make the switch hold.
     pub limits: Limits,
     /// Where snapshots go: the data plane and this port's index in it.
@@ -94,6 +98,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("port", &self.port)
             .field("mac", &self.mac)
             .field("queue_pairs", &self.queue_pairs)
+            .field("mtu", &self.mtu)
             .field("limits", &self.limits)
             .field("dataplane_port", &self.dataplane.as_ref().map(|(_, p)| *p))
             .finish()
@@ -123,6 +128,8 @@ pub struct NetDevice {
     pub(super) memory: Arc<GuestMemoryMap>,
     pub(super) rings: Vec<VringState>,
     snapshot: Option<Arc<PortSnapshot>>,
+    /// The MTU the front-end gave its guest (NET_SET_MTU).
+    net_mtu: Option<u16>,
 }
 
 /// Reads a fixed-size payload, checking its length exactly.
@@ -175,7 +182,19 @@ impl NetDevice {
             memory: Arc::new(GuestMemoryMap::default()),
             rings,
             snapshot: None,
+            net_mtu: None,
         }
+    }
+
+    /// The virtio features this port offers (its `mtu` setting adds VIRTIO_NET_F_MTU).
+    fn offered(&self) -> u64 {
+        features::offered_features(self.cfg.mtu)
+    }
+
+    /// The MTU enforced on frames delivered to this port: NET_SET_MTU's, else the port's
+    /// setting; `None`: no MTU.
+    pub fn mtu(&self) -> Option<u16> {
+        self.net_mtu.or(self.cfg.mtu)
     }
 
     /// Protocol features negotiated by SET_PROTOCOL_FEATURES.
@@ -247,7 +266,7 @@ impl NetDevice {
             R::GET_FEATURES => {
                 no_fds(req)?;
                 expect_empty(req)?;
-                Ok(u64_reply(OFFERED_FEATURES))
+                Ok(u64_reply(self.offered()))
             }
             R::SET_FEATURES => self.set_features(req),
             R::GET_PROTOCOL_FEATURES => {
@@ -303,8 +322,8 @@ impl NetDevice {
                 Ok(u64_reply(u64::from(self.status)))
             }
             R::SET_LOG_BASE | R::SET_LOG_FD => Err(Violation::ProtocolFeatureMissing("LOG_SHMFD")),
-            R::SEND_RARP => Err(Violation::ProtocolFeatureMissing("RARP")),
-            R::NET_SET_MTU => Err(Violation::ProtocolFeatureMissing("MTU")),
+            R::SEND_RARP => self.send_rarp(req),
+            R::NET_SET_MTU => self.net_set_mtu(req),
             R::SET_BACKEND_REQ_FD => Err(Violation::ProtocolFeatureMissing("BACKEND_REQ")),
             R::IOTLB_MSG => Err(Violation::Unsupported(
                 "IOTLB_MSG (ACCESS_PLATFORM not offered)",
@@ -383,7 +402,7 @@ impl NetDevice {
         match self.acked {
             Some(acked) => Layout::from_features(acked),
             None => Layout::Split {
-                event_idx: OFFERED_FEATURES & mask(bit::EVENT_IDX) != 0,
+                event_idx: self.offered() & mask(bit::EVENT_IDX) != 0,
             },
         }
     }
@@ -407,7 +426,7 @@ impl NetDevice {
         no_fds(req)?;
         self.need_owner()?;
         let value = u64_body(req)?;
-        let unoffered = value & !OFFERED_FEATURES;
+        let unoffered = value & !self.offered();
         if unoffered != 0 {
             return Err(Violation::UnofferedFeatures(unoffered));
         }
@@ -491,6 +510,57 @@ impl NetDevice {
         Ok(Reply::None)
     }
 
+    /// NET_SET_MTU: the MTU the front-end gave its guest. QEMU sends it at DRIVER_OK before
+    /// SET_FEATURES, and whenever its guest acked VIRTIO_NET_F_MTU, which QEMU offers for
+    /// `host_mtu` even when the switch did not: so neither an acked nor an offered
+    /// VIRTIO_NET_F_MTU is required (R10), only the NET_MTU protocol feature.
+    fn net_set_mtu(&mut self, req: &Request) -> Result<Reply, Violation> {
+        self.need_protocol(Proto::MTU, "MTU")?;
+        no_fds(req)?;
+        self.need_owner()?;
+        let value = u64_body(req)?;
+        let mtu = u16::try_from(value)
+            .ok()
+            .filter(|&m| crate::config::MTU_RANGE.contains(&u32::from(m)))
+            .ok_or(Violation::MtuRange(value))?;
+        if let Some(setting) = self.cfg.mtu {
+            if mtu > setting {
+                return Err(Violation::MtuAboveSetting { mtu, setting });
+            }
+        }
+        if self.net_mtu != Some(mtu) {
+            tracing::info!(port = %self.cfg.port, mtu, "guest MTU set by NET_SET_MTU");
+        }
+        self.net_mtu = Some(mtu);
+        // Rings already running read the MTU from their snapshot: hand them the new one.
+        if self.snapshot.is_some() {
+            self.republish();
+        }
+        Ok(Reply::None)
+    }
+
+    /// SEND_RARP: announce the guest's MAC (the first 6 bytes of the u64 payload, as QEMU
+    /// copies them in) to the other ports and learn it on this one. Answered (REPLY_ACK)
+    /// once the frame went out.
+    fn send_rarp(&mut self, req: &Request) -> Result<Reply, Violation> {
+        self.need_protocol(Proto::RARP, "RARP")?;
+        no_fds(req)?;
+        self.need_owner()?;
+        let bytes = u64_body(req)?.to_ne_bytes();
+        let mac = [bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]];
+        if let Some((dp, port)) = &self.cfg.dataplane {
+            let ports = dp.announce(*port, mac)?;
+            tracing::info!(
+                port = %self.cfg.port,
+                mac = %pmd::net::mac_string(mac),
+                ports,
+                "SEND_RARP: MAC learned on this port, RARP announcement sent"
+            );
+            self.quiesce();
+        }
+        Ok(Reply::None)
+    }
+
     fn get_config(&mut self, req: &Request) -> Result<Reply, Violation> {
         self.need_protocol(Proto::CONFIG, "CONFIG")?;
         no_fds(req)?;
@@ -515,7 +585,7 @@ impl NetDevice {
         }
         let negotiated_version_1 = match self.acked {
             Some(f) => f & mask(bit::VERSION_1) != 0,
-            None => OFFERED_FEATURES & mask(bit::VERSION_1) != 0,
+            None => self.offered() & mask(bit::VERSION_1) != 0,
         };
         let space = config_space::encode(&self.cfg, negotiated_version_1);
         let range = (offset as usize)..(offset as usize + size as usize);
@@ -561,7 +631,14 @@ impl NetDevice {
             rings.push(runtime);
         }
         let any = rings.iter().any(Option::is_some);
-        self.snapshot = any.then(|| Arc::new(PortSnapshot { features, rings }));
+        let mtu = self.mtu();
+        self.snapshot = any.then(|| {
+            Arc::new(PortSnapshot {
+                features,
+                rings,
+                mtu,
+            })
+        });
         if let Some((dp, port)) = &self.cfg.dataplane {
             dp.publish(*port, self.snapshot.clone());
         }

@@ -77,8 +77,10 @@ pub const fn mask(b: u32) -> u64 {
     1u64 << b
 }
 
-/// The virtio features every port offers. Kept stable across restarts: a front-end that
-/// cached them (reconnect, migration) must find the same set.
+/// The virtio features every port offers; a port with an MTU setting adds MTU
+/// ([`offered_features`]). Kept stable across restarts: a front-end that cached them
+/// (reconnect, migration) must find the same set, and a port's settings do not change
+/// while the switch runs.
 pub const OFFERED_FEATURES: u64 = mask(bit::VERSION_1)
     | mask(bit::MRG_RXBUF)
     | mask(bit::MAC)
@@ -89,12 +91,25 @@ pub const OFFERED_FEATURES: u64 = mask(bit::VERSION_1)
     | mask(bit::IN_ORDER)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// The virtio features a port offers: [`OFFERED_FEATURES`], plus VIRTIO_NET_F_MTU when
+/// the port has an `mtu` setting (the config space then carries it).
+pub const fn offered_features(mtu: Option<u16>) -> u64 {
+    match mtu {
+        Some(_) => OFFERED_FEATURES | mask(bit::MTU),
+        None => OFFERED_FEATURES,
+    }
+}
+
 /// The vhost-user protocol features every port offers: only the ones really handled.
+/// NET_MTU does not depend on the port's `mtu` setting: NET_SET_MTU tells the switch the
+/// MTU the front-end gave its guest (QEMU's `host_mtu`), whatever the switch offered.
 pub const OFFERED_PROTOCOL_FEATURES: u64 = VhostUserProtocolFeatures::MQ.bits()
     | VhostUserProtocolFeatures::REPLY_ACK.bits()
     | VhostUserProtocolFeatures::CONFIG.bits()
     | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS.bits()
-    | VhostUserProtocolFeatures::STATUS.bits();
+    | VhostUserProtocolFeatures::STATUS.bits()
+    | VhostUserProtocolFeatures::MTU.bits()
+    | VhostUserProtocolFeatures::RARP.bits();
 
 /// One requirement of virtio 1.2 §5.1.3.1: `feature` needs one of `needs_any`.
 struct Requirement {
@@ -244,6 +259,11 @@ mod tests {
         assert_ne!(OFFERED_FEATURES & mask(bit::PROTOCOL_FEATURES), 0);
         assert_ne!(OFFERED_FEATURES & mask(bit::RING_PACKED), 0);
         assert_ne!(OFFERED_FEATURES & mask(bit::IN_ORDER), 0);
+        assert_eq!(OFFERED_FEATURES & mask(bit::MTU), 0);
+        assert_eq!(offered_features(None), OFFERED_FEATURES);
+        let with_mtu = offered_features(Some(1500));
+        assert_eq!(with_mtu, OFFERED_FEATURES | mask(bit::MTU));
+        assert_eq!(check_dependencies(with_mtu), Ok(()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Rule numbers refer to DESIGN §4 and to `docs/protocol-compliance.md`.
 
+use pmd::dataplane::AnnounceError;
 use pmd::memory::MemoryError;
 use pmd::vring::RingError;
 use thiserror::Error;
@@ -179,6 +180,23 @@ pub enum Violation {
         /// The region's guest physical address.
         gpa: u64,
     },
+    /// R12: NET_SET_MTU outside what virtio allows a device to report.
+    #[error("MTU {0} is outside 68..=65535 (virtio 1.2 §5.1.4.1)")]
+    MtuRange(u64),
+    /// R12: NET_SET_MTU above the port's `mtu` setting, which the switch will not exceed.
+    #[error(
+        "MTU {mtu} is larger than this port's mtu setting {setting} (raise the port's mtu, \
+         or lower the front-end's: QEMU host_mtu)"
+    )]
+    MtuAboveSetting {
+        /// The MTU sent.
+        mtu: u16,
+        /// The port's setting.
+        setting: u16,
+    },
+    /// R12: SEND_RARP with a MAC the port may not announce.
+    #[error("SEND_RARP refused: {0}")]
+    Announce(#[from] AnnounceError),
     /// R11: the connection would make the switch hold more descriptors than allowed.
     #[error(
         "{held} descriptors held and {incoming} more sent exceed this port's limit of {limit}"
@@ -215,6 +233,7 @@ impl Violation {
             | MemoryLimit { .. } => "R8 memory table",
             Config(_) => "R9 config space",
             NotAnEventfd { .. } | FdLimit { .. } | UnsealedMemory { .. } => "R11 tenant bounds",
+            MtuRange(_) | MtuAboveSetting { .. } | Announce(_) => "R12 net device requests",
         }
     }
 }

@@ -24,7 +24,11 @@ pub const EVENT_IDX: u64 = 1 << 29;
 pub const RING_PACKED: u64 = 1 << 34;
 pub const IN_ORDER: u64 = 1 << 35;
 pub const MQ: u64 = 1;
+pub const RARP: u64 = 1 << 2;
 pub const REPLY_ACK: u64 = 1 << 3;
+pub const NET_MTU: u64 = 1 << 4;
+/// VIRTIO_NET_F_MTU (a virtio feature bit).
+pub const F_MTU: u64 = 1 << 3;
 pub const CONFIG: u64 = 1 << 9;
 pub const MEM_SLOTS: u64 = 1 << 15;
 pub const STATUS: u64 = 1 << 16;

@@ -139,6 +139,10 @@ pub struct QemuOptions {
     /// How many rounds of SET_VRING_ENABLE 1 on every ring before the rings are configured
     /// (the guest probing makes QEMU send several).
     pub early_enable_rounds: u32,
+    /// `host_mtu=N` on the device: QEMU offers its guest VIRTIO_NET_F_MTU (whatever the
+    /// back-end offers) and, once the guest acked it, sends NET_SET_MTU N (NEED_REPLY if
+    /// REPLY_ACK) at DRIVER_OK, before SET_FEATURES, if NET_MTU was negotiated.
+    pub host_mtu: Option<u16>,
 }
 
 impl Default for QemuOptions {
@@ -147,6 +151,7 @@ impl Default for QemuOptions {
             protocol_features: QEMU_PROTOCOL_FEATURES,
             guest_features: LINUX_GUEST_FEATURES,
             early_enable_rounds: 1,
+            host_mtu: None,
         }
     }
 }
@@ -241,7 +246,8 @@ fn qemu_add_status(fe: &mut Frontend, n: &mut Negotiated, add: u8) -> Result<()>
 /// any SET_FEATURES); GET_QUEUE_NUM if MQ; GET_MAX_MEM_SLOTS if CONFIGURE_MEM_SLOTS;
 /// SET_BACKEND_REQ_FD (NEED_REPLY if REPLY_ACK) if BACKEND_REQ; SET_OWNER; GET_FEATURES;
 /// per ring SET_VRING_CALL, SET_VRING_ERR; `early_enable_rounds` × SET_VRING_ENABLE 1 per
-/// ring (if bit 30 offered); SET_FEATURES; if STATUS: GET_STATUS, SET_STATUS(FEATURES_OK);
+/// ring (if bit 30 offered); NET_SET_MTU (NEED_REPLY if REPLY_ACK) with `host_mtu` if
+/// NET_MTU; SET_FEATURES; if STATUS: GET_STATUS, SET_STATUS(FEATURES_OK);
 /// SET_MEM_TABLE (or ADD_MEM_REG per region with CONFIGURE_MEM_SLOTS), NEED_REPLY if
 /// REPLY_ACK; per ring NUM, BASE, ADDR (log = used ring GPA), KICK, CALL; if STATUS:
 /// GET_STATUS, SET_STATUS(ACK|DRIVER|DRIVER_OK | previous).
@@ -306,7 +312,13 @@ pub fn qemu_7_2(
             }
         }
     }
-    // The guest sets DRIVER_OK: QEMU starts the vhost device.
+    // The guest sets DRIVER_OK: QEMU starts the vhost device, telling the back-end the MTU
+    // first (the guest acked the F_MTU QEMU offers it with host_mtu).
+    if let Some(mtu) = opts.host_mtu {
+        if n.has_protocol(VhostUserProtocolFeatures::MTU) {
+            fe.net_set_mtu(u64::from(mtu), reply_ack)?;
+        }
+    }
     n.acked_features = acked_features(n.offered_features, opts.guest_features);
     fe.set_features(n.acked_features, false)?;
     let status = n.has_protocol(VhostUserProtocolFeatures::STATUS);
@@ -339,6 +351,26 @@ pub fn qemu_7_2(
         )?;
     }
     Ok(n)
+}
+
+/// Replays QEMU 7.2's `announce_self` (also run after a migration) for a guest with MAC
+/// `mac`: one SEND_RARP per round (no NEED_REPLY) if RARP was negotiated and the guest
+/// did not ack GUEST_ANNOUNCE to the back-end. Returns the number of SEND_RARP sent.
+pub fn qemu_7_2_announce(
+    fe: &mut Frontend,
+    n: &Negotiated,
+    mac: [u8; 6],
+    rounds: u32,
+) -> Result<u32> {
+    if !n.has_protocol(VhostUserProtocolFeatures::RARP)
+        || n.acked_features & NET_F_GUEST_ANNOUNCE != 0
+    {
+        return Ok(0);
+    }
+    for _ in 0..rounds {
+        fe.send_rarp(mac, false)?;
+    }
+    Ok(rounds)
 }
 
 /// Replays QEMU 7.2 stopping the device: SET_STATUS 0 (if STATUS was negotiated), then

@@ -29,6 +29,7 @@ impl Xconnect {
             Some(Arc::new(PortSnapshot {
                 features: VERSION_1,
                 rings,
+                mtu: None,
             }))
         };
         Xconnect {
