@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         port: "fuzz".into(),
         mac: [2, 0, 0, 0, 0, 1],
         queue_pairs: 1,
+        mtu: Some(1500),
         limits: Limits { max_mem_slots: 8, max_memory: 64 << 20, ..Limits::default() },
         dataplane: None,
     };
