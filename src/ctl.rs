@@ -5,7 +5,6 @@
 //! created mode 0600 (the counters and the FDB are the operator's business).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,8 +60,8 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Mode 0600 before the path appears: no window in which another user may connect.
+    let listener = crate::listen::listen_published(path, Some(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

@@ -12,6 +12,7 @@ pub mod control;
 pub mod ctl;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod listen;
 pub mod port;
 pub mod vfio_user;
 pub mod vhost_user;

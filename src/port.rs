@@ -238,7 +238,7 @@ fn listen(port: &str, path: &Path) -> Result<UnixListener, PortError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(listen_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(listen_err)?;
+    let listener = crate::listen::listen_published(path, None).map_err(listen_err)?;
     listener.set_nonblocking(true).map_err(listen_err)?;
     Ok(listener)
 }
