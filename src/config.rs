@@ -94,6 +94,9 @@ pub struct Config {
     pub quiesce_timeout_secs: u64,
     /// Refuse guest memory a front-end can still shrink (only sealed memfds accepted).
     pub require_sealed_memory: bool,
+    /// Longest nap of an idle PMD, in microseconds (0: PMDs never nap; see
+    /// `pmd::backoff`). At most [`MAX_PMD_SLEEP_US`].
+    pub pmd_sleep_max_us: u64,
 }
 
 /// A configuration that cannot run.
@@ -141,6 +144,7 @@ struct FileConfig {
     mtu: Option<u32>,
     quiesce_timeout_secs: Option<u64>,
     require_sealed_memory: Option<bool>,
+    pmd_sleep_max_us: Option<u64>,
     #[serde(default, rename = "port")]
     ports: Vec<FilePort>,
 }
@@ -191,10 +195,14 @@ pub struct Overrides {
     pub max_learned_macs: Option<u32>,
     /// `--mtu` (per port).
     pub mtu: Option<u32>,
+    /// `--pmd-sleep-max-us`.
+    pub pmd_sleep_max_us: Option<u64>,
 }
 
 /// Default cap of guest memory per front-end: 64 GiB.
 pub const DEFAULT_MAX_GUEST_MEMORY_MB: u64 = 64 << 10;
+/// Longest nap an idle PMD may take: traffic that arrives waits at most this long.
+pub const MAX_PMD_SLEEP_US: u64 = 10_000;
 /// Default cap of ports.
 pub const DEFAULT_MAX_PORTS: usize = 256;
 /// Default lifetime of a learned FDB entry, as in most bridges.
@@ -440,6 +448,10 @@ impl Config {
                 .quiesce_timeout_secs
                 .unwrap_or(pmd::dataplane::DEFAULT_QUIESCE_TIMEOUT.as_secs()),
             require_sealed_memory: file.require_sealed_memory.unwrap_or(false),
+            pmd_sleep_max_us: flags
+                .pmd_sleep_max_us
+                .or(file.pmd_sleep_max_us)
+                .unwrap_or(0),
         };
         config.validate(cpus)?;
         Ok(config)
@@ -557,6 +569,12 @@ impl Config {
                     p.name
                 )));
             }
+        }
+        if self.pmd_sleep_max_us > MAX_PMD_SLEEP_US {
+            return Err(invalid(format!(
+                "pmd_sleep_max_us {} is above {MAX_PMD_SLEEP_US}",
+                self.pmd_sleep_max_us
+            )));
         }
         if self.quiesce_timeout_secs == 0 {
             return Err(invalid("quiesce_timeout_secs must be at least 1"));
@@ -693,6 +711,21 @@ mod tests {
             Config::from_toml(unknown, Overrides::default(), 2),
             Err(ConfigError::Parse { .. })
         ));
+        let naps = "pmd_sleep_max_us = 10001\n[[port]]\nname = \"a\"\nsocket = \"/x\"\n";
+        assert!(Config::from_toml(naps, Overrides::default(), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("pmd_sleep_max_us 10001 is above 10000"));
+        let mut flag = flags_with(&[("a", "/x")]);
+        flag.pmd_sleep_max_us = Some(250);
+        let naps_ok = "pmd_sleep_max_us = 10000\n";
+        assert_eq!(
+            Config::from_toml(naps_ok, flag, 2)
+                .unwrap()
+                .pmd_sleep_max_us,
+            250,
+            "the flag wins"
+        );
         let mac = "[[port]]\nname = \"a\"\nsocket = \"/x\"\nmac = \"01:00:00:00:00:01\"\n";
         assert!(Config::from_toml(mac, Overrides::default(), 2)
             .unwrap_err()

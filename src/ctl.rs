@@ -163,6 +163,8 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
                 "busy_cycles": p.busy_cycles,
                 "idle_cycles": p.idle_cycles,
                 "max_gap_cycles": p.max_gap_cycles,
+                "naps": p.naps,
+                "napped_ns": p.napped_ns,
             })
         })
         .collect();
@@ -317,7 +319,7 @@ pub fn render(command: Command, v: &Value) -> String {
                     }
                 }
             }
-            out += "\npmd  busy_cycles   idle_cycles   queues\n";
+            out += "\npmd  busy_cycles   idle_cycles         naps   napped_ms   queues\n";
             for m in v.get("pmds").and_then(Value::as_array).unwrap_or(&empty) {
                 let queues: Vec<String> = m
                     .get("queues")
@@ -327,10 +329,12 @@ pub fn render(command: Command, v: &Value) -> String {
                     .filter_map(|q| q.as_str().map(String::from))
                     .collect();
                 out += &format!(
-                    "{:<4} {:>11} {:>13}   {}\n",
+                    "{:<4} {:>11} {:>13} {:>12} {:>11}   {}\n",
                     u(m, "core"),
                     u(m, "busy_cycles"),
                     u(m, "idle_cycles"),
+                    u(m, "naps"),
+                    u(m, "napped_ns") / 1_000_000,
                     queues.join(" ")
                 );
             }

@@ -31,6 +31,51 @@ fn frames_of_64_and_1500_bytes_cross_intact_both_ways() {
     assert_eq!(p1["tx_bytes"], 1000 * 64 + 1000 * 1500);
 }
 
+/// The PMD's naps so far, from `ctl stats`.
+fn naps(d: &Daemon) -> u64 {
+    d.ctl("stats")["pmds"][0]["naps"].as_u64().unwrap()
+}
+
+#[test]
+fn an_idle_pmd_naps_and_traffic_after_a_lull_loses_nothing() {
+    let d = Daemon::start(
+        &["p0", "p1"],
+        &["--mode", "xconnect", "--pmd-sleep-max-us", "500"],
+    );
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    for round in 0..3u32 {
+        // A lull: the PMD must start napping (bounded wait, no time asserted).
+        let before = naps(&d);
+        let deadline = std::time::Instant::now() + WAIT;
+        while naps(&d) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle PMD never napped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        exchange(&mut a, &mut b, 500, 64, u64::from(round) * 2000);
+        exchange(&mut b, &mut a, 500, 1500, u64::from(round) * 2000 + 1000);
+    }
+    a.wait_tx_done();
+    b.wait_tx_done();
+    assert_conservation(&d);
+    assert_eq!(port_stats(&d, "p1")["tx_packets"], 1500);
+}
+
+#[test]
+fn without_the_setting_a_pmd_never_naps() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    exchange(&mut a, &mut b, 100, 64, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(naps(&d), 0);
+}
+
 #[test]
 fn jumbo_frames_span_several_rx_buffers_with_mrg_rxbuf() {
     let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect"]);

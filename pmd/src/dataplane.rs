@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::announce::{self, Announcement, Targets};
+use crate::backoff::{IdleBackoff, FIRST_NAP};
 use crate::chain::Segments;
-use crate::cpu::{cycles, pin_current_thread};
+use crate::cpu::{cycles, pin_current_thread, set_timer_slack};
 use crate::forward::{self, Context, Scratch};
 use crate::net::{mac_string, MacAddr, RarpAnnouncement, BROADCAST};
 use crate::snapshot::PortSnapshot;
@@ -72,6 +73,8 @@ pub struct DataplaneConfig {
     pub max_frame: u32,
     /// How long `quiesce` waits for a late PMD before reporting it stuck.
     pub quiesce_timeout: Duration,
+    /// Longest nap of an idle PMD ([`crate::backoff`]); zero: PMDs never nap.
+    pub pmd_sleep_max: Duration,
 }
 
 /// The data plane could not start or did not answer.
@@ -129,6 +132,9 @@ struct Pmd {
     max_gap_cycles: AtomicU64,
     /// Loop iterations so far (diagnostics: a late PMD that still iterates is a bug).
     iterations: AtomicU64,
+    /// Naps taken by the idle back-off, and their total length in nanoseconds.
+    naps: AtomicU64,
+    napped_ns: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -142,6 +148,7 @@ struct Shared {
     started: Instant,
     max_frame: u32,
     quiesce_timeout: Duration,
+    pmd_sleep_max: Duration,
     /// Snapshots replaced by `publish`, dropped by `quiesce` on the control thread.
     retired: Mutex<Vec<Arc<PortSnapshot>>>,
     /// Frames for the next PMD at a quiescent point (capacity [`ANNOUNCE_QUEUE`], allocated
@@ -168,6 +175,10 @@ pub struct PmdTotals {
     pub idle_cycles: u64,
     /// Longest gap between two loop iterations, in cycles.
     pub max_gap_cycles: u64,
+    /// Naps taken while idle ([`crate::backoff`]).
+    pub naps: u64,
+    /// Their total length, in nanoseconds.
+    pub napped_ns: u64,
 }
 
 /// Totals of one port, for output.
@@ -221,6 +232,8 @@ impl Dataplane {
                 idle_cycles: AtomicU64::new(0),
                 max_gap_cycles: AtomicU64::new(0),
                 iterations: AtomicU64::new(0),
+                naps: AtomicU64::new(0),
+                napped_ns: AtomicU64::new(0),
             })
             .collect();
         let policies = cfg
@@ -256,6 +269,7 @@ impl Dataplane {
             started: Instant::now(),
             max_frame: cfg.max_frame,
             quiesce_timeout: cfg.quiesce_timeout,
+            pmd_sleep_max: cfg.pmd_sleep_max,
             retired: Mutex::new(Vec::new()),
             announcements: Mutex::new(Vec::with_capacity(ANNOUNCE_QUEUE)),
         });
@@ -473,6 +487,8 @@ impl Dataplane {
                 busy_cycles: pmd.busy_cycles.load(Ordering::Relaxed),
                 idle_cycles: pmd.idle_cycles.load(Ordering::Relaxed),
                 max_gap_cycles: pmd.max_gap_cycles.load(Ordering::Relaxed),
+                naps: pmd.naps.load(Ordering::Relaxed),
+                napped_ns: pmd.napped_ns.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -505,6 +521,14 @@ fn pmd_loop(shared: &Shared, me: usize) {
     let mut last_start = cycles();
     let mut max_gap = 0u64;
     let mut idle_streak = 0u32;
+    let mut backoff = IdleBackoff::new(shared.pmd_sleep_max);
+    if backoff.enabled() && !set_timer_slack(FIRST_NAP) {
+        tracing::warn!(
+            core = pmd.core,
+            "timer slack not set: naps may last 50 µs or more"
+        );
+    }
+    let (mut naps, mut napped_ns) = (0u64, 0u64);
     while !shared.stop.load(Ordering::Relaxed) {
         let epoch = shared.epoch.load(Ordering::Acquire);
         if epoch != seen {
@@ -569,12 +593,19 @@ fn pmd_loop(shared: &Shared, me: usize) {
         } else {
             idle += spent;
             idle_streak += 1;
-            // Still polling, never sleeping; but when nothing came for a while, let another
-            // thread that shares this core run (two pollers pinned to one core otherwise
-            // starve each other for seconds). Alone on its core, yield returns at once.
-            if idle_streak.is_multiple_of(IDLE_POLLS_BEFORE_YIELD) {
-                std::thread::yield_now();
-            }
+        }
+        if let Some(nap) = backoff.after_poll(work) {
+            let asleep = Instant::now();
+            std::thread::sleep(nap);
+            naps += 1;
+            napped_ns += u64::try_from(asleep.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            pmd.naps.store(naps, Ordering::Relaxed);
+            pmd.napped_ns.store(napped_ns, Ordering::Relaxed);
+        } else if work == 0 && idle_streak.is_multiple_of(IDLE_POLLS_BEFORE_YIELD) {
+            // Polling without naps; but when nothing came for a while, let another thread
+            // that shares this core run (two pollers pinned to one core otherwise starve
+            // each other for seconds). Alone on its core, yield returns at once.
+            std::thread::yield_now();
         }
         iterations = iterations.wrapping_add(1);
         pmd.iterations
@@ -609,6 +640,7 @@ mod tests {
             fdb_aging_secs: 300,
             max_frame: crate::forward::DEFAULT_MAX_FRAME,
             quiesce_timeout: DEFAULT_QUIESCE_TIMEOUT,
+            pmd_sleep_max: Duration::ZERO,
         })
         .unwrap()
     }

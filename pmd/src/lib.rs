@@ -15,6 +15,7 @@
 //! - [`switch`]: learning bridge FDB and cross-connect;
 //! - [`stats`]: single-writer counters and drop reasons;
 //! - [`snapshot`], [`dataplane`]: the control-to-data-plane handoff and the PMD threads;
+//!   [`backoff`]: the optional idle back-off of a PMD;
 //!   [`announce`]: frames the switch sends itself (SEND_RARP), delivered by a PMD at a
 //!   quiescent point.
 //!
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod announce;
+pub mod backoff;
 pub mod chain;
 pub mod copy;
 pub mod cpu;
