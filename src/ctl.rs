@@ -110,6 +110,8 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
                         "packets": r.packets,
                         "bytes": r.bytes,
                         "forwarded": r.forwarded,
+                        "csum_completed": r.csum_completed,
+                        "segmented": r.segmented,
                         "dropped": r.dropped(),
                         "drops": drops_json(&r.drops),
                     })
@@ -316,6 +318,23 @@ pub fn render(command: Command, v: &Value) -> String {
                         );
                     }
                 }
+            }
+            let mut offload_lines = String::new();
+            for p in ports {
+                for r in p.get("rings").and_then(Value::as_array).unwrap_or(&empty) {
+                    let (c, g) = (u(r, "csum_completed"), u(r, "segmented"));
+                    if c != 0 || g != 0 {
+                        offload_lines += &format!(
+                            "  {} ring{}: csum_completed={c} segmented={g}\n",
+                            s(p, "name"),
+                            u(r, "ring")
+                        );
+                    }
+                }
+            }
+            if !offload_lines.is_empty() {
+                out += "\nsoftware offloads (port ring: frames)\n";
+                out += &offload_lines;
             }
             out += "\npmd  busy_cycles   idle_cycles   queues\n";
             for m in v.get("pmds").and_then(Value::as_array).unwrap_or(&empty) {
