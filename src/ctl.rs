@@ -181,6 +181,7 @@ fn port_state(ports: &[Port]) -> Value {
                 "role": match p.config.role { Role::Server => "server", Role::Client => "client" },
                 "mac": mac_string(p.config.mac),
                 "mtu": p.config.mtu,
+                "offloads": p.config.offloads,
                 "connected": p.session.is_some(),
                 "last_disconnect": p.last_end,
             });

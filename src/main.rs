@@ -112,6 +112,10 @@ struct RunArgs {
     /// guest (VIRTIO_NET_F_MTU) and enforced on frames delivered to it.
     #[arg(long, value_name = "BYTES")]
     mtu: Option<u32>,
+    /// Offer no checksum or TSO offload to any port's guest unless its `[[port]]` sets
+    /// `offloads = true` (offloads are offered by default).
+    #[arg(long)]
+    no_offloads: bool,
     /// Control socket for `vhost-switch ctl` (default /run/vhost-switch/control.sock).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -198,6 +202,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_frame_len: args.max_frame_len,
         max_learned_macs: args.max_learned_macs,
         mtu: args.mtu,
+        offloads: args.no_offloads.then_some(false),
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     for p in &config.ports {
