@@ -437,3 +437,31 @@ fn offload_claims_the_source_never_negotiated_or_cannot_honour_are_dropped_and_c
     assert!(d.alive());
     assert_conservation(&d);
 }
+
+#[test]
+fn a_destination_mtu_applies_to_the_segments_of_a_tso_frame() {
+    let d = Daemon::start(&["p0", "p1"], &["--mode", "xconnect", "--mtu", "1500"]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES | OFFLOADS, 2048, local_mac(1));
+    let mut b = attach(&d, "p1", &m1, GUEST_FEATURES | OFFLOADS, 2048, local_mac(2));
+    // 54 bytes of headers + 1464 = 1518, the longest frame MTU 1500 allows (with a tag);
+    // one byte more per segment is over the MTU, however long the TSO frame.
+    let fits = tcp4(a.mac, b.mac, 20_000, 1);
+    let over = tcp4(a.mac, b.mac, 20_000, 1);
+    send_raw(
+        &mut a,
+        &m0,
+        &[
+            (vnet(NEEDS_CSUM, GSO_TCPV4, 54, 1464, 34, 16), fits.clone()),
+            (vnet(NEEDS_CSUM, GSO_TCPV4, 54, 1465, 34, 16), over),
+        ],
+    );
+    let got = recv_with_headers(&mut b, 2, Duration::from_millis(500));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].1, fits,
+        "passed through whole: the guest segments it"
+    );
+    assert_eq!(drops(&d, "p1", 0, "over_mtu"), 1);
+    assert_conservation(&d);
+}

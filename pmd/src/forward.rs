@@ -316,20 +316,44 @@ impl Taken {
     }
 }
 
-/// Reads and checks frame `t`'s virtio-net header against the source's offloads: the
-/// checked header and the length the MTU applies to, or why the frame is dropped. Only
-/// the first two bytes (flags, gso_type) are read for a plain frame.
+/// Reads the start of a TX chain in one copy: the virtio-net header's first two bytes
+/// (flags, gso_type: all a plain frame needs of it) and the Ethernet header behind the
+/// `hdr`-byte net header. `None` if the chain is shorter.
+#[inline]
+fn read_head(
+    memory: &GuestMemoryMap,
+    segs: &[crate::memory::GuestRange],
+    hdr: u64,
+) -> Option<([u8; 2], [u8; EthernetHeader::LEN])> {
+    const LONG: usize = VirtioNetHdr::LEN + EthernetHeader::LEN;
+    const SHORT: usize = VirtioNetHdr::LEGACY_LEN + EthernetHeader::LEN;
+    let mut eth = [0u8; EthernetHeader::LEN];
+    let flags = if hdr == VirtioNetHdr::LEN as u64 {
+        let b = copy::read_array::<LONG>(memory, segs, 0)?;
+        eth.copy_from_slice(&b[VirtioNetHdr::LEN..]);
+        [b[0], b[1]]
+    } else {
+        let b = copy::read_array::<SHORT>(memory, segs, 0)?;
+        eth.copy_from_slice(&b[VirtioNetHdr::LEGACY_LEN..]);
+        [b[0], b[1]]
+    };
+    Some((flags, eth))
+}
+
+/// Checks frame `t`'s virtio-net header against the source's offloads: the checked
+/// header and the length the MTU applies to, or why the frame is dropped. `flags` are the
+/// header's first two bytes (flags, gso_type): when both are zero (a plain frame, the
+/// common case) nothing more is read.
 fn check_offload(
     t: &Taken,
+    flags: [u8; 2],
     segs: &[crate::memory::GuestRange],
     source: &Source<'_>,
     offloads: offload::Offloads,
 ) -> Result<(VirtioNetHdr, u64), DropReason> {
     let frame_len = t.frame_len(source.header_len);
-    match copy::read_array::<2>(source.memory, segs, 0) {
-        Some([0, 0]) => return Ok((VirtioNetHdr::default(), frame_len)),
-        Some(_) => {}
-        None => return Err(DropReason::Runt),
+    if flags == [0, 0] {
+        return Ok((VirtioNetHdr::default(), frame_len));
     }
     // Both header forms start with the same 10 bytes; num_buffers means nothing on TX.
     let raw = copy::read_array::<{ VirtioNetHdr::LEGACY_LEN }>(source.memory, segs, 0)
@@ -384,10 +408,13 @@ fn classify(
             continue;
         }
         let segs = &scratch.src.as_slice()[t.segs.0..t.segs.1];
-        let eth = copy::read_array::<{ EthernetHeader::LEN }>(source.memory, segs, hdr);
+        let (flags, eth) = match read_head(source.memory, segs, hdr) {
+            Some((flags, eth)) => (flags, Some(eth)),
+            None => ([0, 0], None),
+        };
         let checked = match eth {
             Some(_) if t.len >= hdr + EthernetHeader::LEN as u64 => {
-                check_offload(t, segs, source, tx.features.offloads)
+                check_offload(t, flags, segs, source, tx.features.offloads)
             }
             _ => Err(DropReason::Runt),
         };
