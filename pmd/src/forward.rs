@@ -573,9 +573,13 @@ fn deliver_on<R: DeviceRing>(
         if t.has_offload() && offload::action(&t.vnet, rx.features.offloads) == Action::Segment {
             // Rare: the frames reserved before it go first, in order.
             copy_reserved(scratch, rx, ring, cur, source, stats);
-            if let Err(reason) = deliver_segments(scratch, rx, ring, cur, k, source, port, stats) {
+            let to = (port, limit);
+            if let Err(reason) = deliver_segments(scratch, rx, ring, cur, k, source, to, stats) {
                 stats.drop(reason);
-                if !matches!(reason, DropReason::TooBig | DropReason::BadOffload) {
+                if !matches!(
+                    reason,
+                    DropReason::TooBig | DropReason::BadOffload | DropReason::OverMtu
+                ) {
                     exhausted = Some(reason);
                 }
             }
@@ -803,9 +807,10 @@ fn complete_checksum(
 /// Cuts TSO frame `k` into segments for a destination that cannot take it, each written
 /// straight into its own RX chains: headers rebuilt from a copy of the frame's headers
 /// ([`SegmentPlan::segment_headers`]), payload copied from the source, the TCP checksum
-/// summed over the destination's copy. Counts the frame delivered once all of its
-/// segments are; on failure returns why (segments already delivered stay delivered: a
-/// receiver sees a TCP segment loss, which TCP repairs).
+/// summed over the destination's copy. `to` is the destination port and its frame limit
+/// ([`PortSnapshot::frame_limit`]). Counts the frame delivered once all of its segments
+/// are; on failure returns why (segments already delivered stay delivered: a receiver sees
+/// a TCP segment loss, which TCP repairs).
 #[allow(clippy::too_many_arguments)]
 fn deliver_segments<R: DeviceRing>(
     scratch: &mut Scratch,
@@ -814,9 +819,10 @@ fn deliver_segments<R: DeviceRing>(
     cur: &mut Cursor,
     k: usize,
     source: &Source<'_>,
-    port: usize,
+    to: (usize, u64),
     stats: &QueueStats,
 ) -> Result<(), DropReason> {
+    let (port, limit) = to;
     let t = scratch.taken[k];
     let memory = rx.memory();
     let hdr = u64::from(rx.features.header_len);
@@ -836,6 +842,10 @@ fn deliver_segments<R: DeviceRing>(
         return Err(DropReason::BadOffload);
     }
     let plan = SegmentPlan::parse(&t.vnet, &head[..n], frame_len)?;
+    // The source may have grown its headers since the MTU was checked at classification.
+    if plan.max_segment_len() > limit {
+        return Err(DropReason::OverMtu);
+    }
     let mut out = [0u8; offload::MAX_HEADERS];
     let headers = plan.headers as u64;
     for i in 0..plan.segments() {
