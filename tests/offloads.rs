@@ -465,3 +465,49 @@ fn a_destination_mtu_applies_to_the_segments_of_a_tso_frame() {
     assert_eq!(drops(&d, "p1", 0, "over_mtu"), 1);
     assert_conservation(&d);
 }
+
+#[test]
+fn offloads_reach_packed_rings_and_legacy_headers() {
+    let d = Daemon::start(&["p0", "p1", "p2", "p3"], &["--mode", "xconnect"]);
+    let mems: Vec<_> = (0..4).map(|_| memory()).collect();
+    let mut a = attach(
+        &d,
+        "p0",
+        &mems[0],
+        GUEST_FEATURES | OFFLOADS,
+        2048,
+        local_mac(1),
+    );
+    // p1: a packed ring without offloads: the TSO frame is segmented into it.
+    let packed = GUEST_FEATURES | RING_PACKED | IN_ORDER;
+    let mut b = attach(&d, "p1", &mems[1], packed, 2048, local_mac(2));
+    let mut c = attach(
+        &d,
+        "p2",
+        &mems[2],
+        GUEST_FEATURES | OFFLOADS,
+        2048,
+        local_mac(3),
+    );
+    // p3: a legacy driver (10-byte header) that takes partial checksums.
+    let legacy = BIT30 | EVENT_IDX | GUEST_CSUM;
+    let mut e = attach(&d, "p3", &mems[3], legacy, 2048, local_mac(4));
+    assert_eq!(e.drv.hdr_len(), 10);
+    let tso = tcp4(a.mac, b.mac, 10_000, 100);
+    let sent = [(vnet(NEEDS_CSUM, GSO_TCPV4, 54, 1448, 34, 16), tso.clone())];
+    send_raw(&mut a, &mems[0], &sent);
+    check_tcp4_segments(&recv_with_headers(&mut b, 7, WAIT), &tso, 1448);
+    let csum = tcp4(c.mac, e.mac, 1000, 5);
+    let h = vnet(NEEDS_CSUM, 0, 0, 0, 34, 16);
+    send_raw(&mut c, &mems[2], &[(h, csum.clone())]);
+    let got = recv_with_headers(&mut e, 1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].0,
+        h[..10],
+        "the legacy header: passed through, 10 bytes"
+    );
+    assert_eq!(got[0].1, csum);
+    assert_eq!(ring_counter(&d, "p1", 0, "segmented"), 1);
+    assert_conservation(&d);
+}
