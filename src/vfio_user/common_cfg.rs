@@ -467,6 +467,20 @@ mod tests {
         assert_ne!(negotiate(&mut c, with_mtu) & status::FEATURES_OK, 0);
         c.reset();
         assert_eq!(r(&c, 0x04, 4), (OFFERED | mask(bit::MTU)) & 0xffff_ffff);
+        // Offloads where the port's setting offers them, with their dependencies.
+        let offloads = offered(None, true);
+        let tso = good | mask(bit::GUEST_CSUM) | mask(bit::GUEST_TSO4);
+        assert!(check_features(tso, OFFERED).is_err());
+        assert!(check_features(tso, offloads).is_ok());
+        assert!(check_features(good | mask(bit::GUEST_TSO4), offloads).is_err());
+        assert!(check_features(good | mask(bit::HOST_TSO6), offloads).is_err());
+        let mut c = CommonCfg::with_offered("p", offloads);
+        assert_ne!(negotiate(&mut c, tso) & status::FEATURES_OK, 0);
+        let mut c = CommonCfg::with_offered("p", offloads);
+        assert_eq!(
+            negotiate(&mut c, good | mask(bit::HOST_ECN)) & status::FEATURES_OK,
+            0
+        );
     }
 
     #[test]
