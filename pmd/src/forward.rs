@@ -412,12 +412,6 @@ fn classify(
             Some((flags, eth)) => (flags, Some(eth)),
             None => ([0, 0], None),
         };
-        let checked = match eth {
-            Some(_) if t.len >= hdr + EthernetHeader::LEN as u64 => {
-                check_offload(t, flags, segs, source, tx.features.offloads)
-            }
-            _ => Err(DropReason::Runt),
-        };
         t.verdict = match eth {
             _ if t.len < hdr + EthernetHeader::LEN as u64 => Verdict::Drop(DropReason::Runt),
             None => Verdict::Drop(DropReason::Runt),
@@ -425,28 +419,28 @@ fn classify(
                 Verdict::Drop(DropReason::TooLong)
             }
             Some(_) if !tx.enabled => Verdict::Drop(DropReason::RingDisabled),
-            Some(_) if checked.is_err() => {
-                Verdict::Drop(checked.err().unwrap_or(DropReason::BadOffload))
-            }
-            Some(eth) => {
-                let eth = EthernetHeader::parse(&eth);
-                match ctx.switch.decide(source.port, eth.dst, eth.src, ctx.now) {
-                    Destination::Nowhere => Verdict::Drop(DropReason::NoDestination),
-                    Destination::Spoofed => Verdict::Drop(DropReason::Spoofed),
-                    Destination::Port(p) => {
-                        if !scratch.destinations.contains(&p) {
-                            scratch.destinations.push(p);
+            // The offload claim is checked before the switch decision, so that a frame
+            // dropped for it teaches the FDB nothing.
+            Some(eth) => match check_offload(t, flags, segs, source, tx.features.offloads) {
+                Err(reason) => Verdict::Drop(reason),
+                Ok((vnet, mtu_len)) => {
+                    t.vnet = vnet;
+                    t.mtu_len = mtu_len;
+                    let eth = EthernetHeader::parse(&eth);
+                    match ctx.switch.decide(source.port, eth.dst, eth.src, ctx.now) {
+                        Destination::Nowhere => Verdict::Drop(DropReason::NoDestination),
+                        Destination::Spoofed => Verdict::Drop(DropReason::Spoofed),
+                        Destination::Port(p) => {
+                            if !scratch.destinations.contains(&p) {
+                                scratch.destinations.push(p);
+                            }
+                            Verdict::Port(p)
                         }
-                        Verdict::Port(p)
+                        Destination::Flood => Verdict::Flood,
                     }
-                    Destination::Flood => Verdict::Flood,
                 }
-            }
+            },
         };
-        if let Ok((vnet, mtu_len)) = checked {
-            t.vnet = vnet;
-            t.mtu_len = mtu_len;
-        }
         match t.verdict {
             Verdict::Drop(reason) => stats.drop(reason),
             _ => {
