@@ -436,4 +436,24 @@ mod tests {
         assert_eq!(mtu_of(lines[2]), "9000", "{out}");
         assert_eq!(mtu_of(lines[3]), "-", "{out}");
     }
+
+    #[test]
+    fn stats_text_lists_software_offloads_only_where_there_were_some() {
+        let ring = |i: u64, c: u64, g: u64| json!({ "ring": i, "packets": 1, "drops": {}, "csum_completed": c, "segmented": g });
+        let v = json!({ "mode": "learning", "ports": [
+            { "name": "a", "connected": true, "rings": [ring(0, 3, 2), ring(1, 0, 0)] },
+            { "name": "b", "connected": true, "rings": [ring(0, 0, 0), ring(1, 0, 0)] },
+        ], "pmds": [] });
+        let out = render(Command::Stats, &v);
+        assert!(out.contains("software offloads"), "{out}");
+        assert!(
+            out.contains("  a ring0: csum_completed=3 segmented=2\n"),
+            "{out}"
+        );
+        assert!(!out.contains("b ring0: csum"), "{out}");
+        let quiet = json!({ "mode": "learning", "ports": [
+            { "name": "b", "connected": true, "rings": [ring(0, 0, 0)] },
+        ], "pmds": [] });
+        assert!(!render(Command::Stats, &quiet).contains("software offloads"));
+    }
 }
