@@ -555,7 +555,10 @@ fn deliver_on<R: DeviceRing>(
         if !goes_to(&scratch.taken[k], port, source.port) {
             continue;
         }
-        let t = scratch.taken[k];
+        let t = &scratch.taken[k];
+        let frame_len = t.frame_len(source.header_len);
+        let segment =
+            t.has_offload() && offload::action(&t.vnet, rx.features.offloads) == Action::Segment;
         if t.mtu_len > limit {
             stats.drop(DropReason::OverMtu);
             continue;
@@ -564,7 +567,7 @@ fn deliver_on<R: DeviceRing>(
             stats.drop(reason);
             continue;
         }
-        if t.has_offload() && offload::action(&t.vnet, rx.features.offloads) == Action::Segment {
+        if segment {
             // Rare: the frames reserved before it go first, in order.
             copy_reserved(scratch, rx, ring, cur, source, stats);
             let to = (port, limit);
@@ -584,7 +587,7 @@ fn deliver_on<R: DeviceRing>(
         {
             copy_reserved(scratch, rx, ring, cur, source, stats);
         }
-        let need = u64::from(rx.features.header_len) + t.frame_len(source.header_len);
+        let need = u64::from(rx.features.header_len) + frame_len;
         match reserve(scratch, rx, ring, cur, k, need, port) {
             Ok(()) => {}
             Err(reason) => {
