@@ -511,3 +511,18 @@ fn offloads_reach_packed_rings_and_legacy_headers() {
     assert_eq!(ring_counter(&d, "p1", 0, "segmented"), 1);
     assert_conservation(&d);
 }
+
+#[test]
+fn a_frame_dropped_for_its_offload_claim_teaches_the_fdb_nothing() {
+    let d = Daemon::start(&["p0", "p1"], &[]);
+    let (m0, m1) = (memory(), memory());
+    let mut a = attach(&d, "p0", &m0, GUEST_FEATURES, 2048, local_mac(1));
+    let b = attach(&d, "p1", &m1, GUEST_FEATURES, 2048, local_mac(2));
+    // p0 never negotiated CSUM: dropped before the switch sees the source MAC.
+    let claim = tcp4(a.mac, b.mac, 100, 1);
+    send_raw(&mut a, &m0, &[(vnet(NEEDS_CSUM, 0, 0, 0, 34, 16), claim)]);
+    assert_eq!(drops(&d, "p0", 1, "offload_not_negotiated"), 1);
+    let learned = d.ctl("fdb")["entries"].as_array().map_or(0, Vec::len);
+    assert_eq!(learned, 0, "{}", d.ctl("fdb"));
+    assert_conservation(&d);
+}
