@@ -4,7 +4,9 @@ features, memory table on the attached memfd, both rings started, enabled, statu
 for the vfio_user_messages target (what Linux behind QEMU's vfio-user-pci does: VERSION,
 device and region info, DMA_MAP of the attached memfd, virtio status and features, both
 queues, MSI-X eventfds, DRIVER_OK, unmap, reset), in the targets' chunk format
-[fd count][u16 length][bytes]."""
+[fd count][u16 length][bytes]; and offload seeds for the ring_fast_path target (a TSO or
+partial-checksum frame on a split TX ring, RX buffers posted on the other side, the
+offloads byte set so that the frame is segmented, passed through, completed or refused)."""
 import os
 import struct
 
@@ -117,3 +119,69 @@ for name, data in vfio_seeds.items():
     with open(os.path.join(d, name), "wb") as f:
         f.write(data)
 print(f"wrote {len(vfio_seeds)} seeds to {d}")
+
+
+# ---- ring_fast_path: offload seeds ----
+# Layout of the target's input: [ring size exponent][features a][features b | rounds]
+# [memory a][memory b] (halves of equal length, each cycled to 64 KiB), the last byte
+# also selecting offloads (bits 0-3: the source's CSUM, HOST_TSO4/6, HOST_ECN; 4-7: the
+# destination's GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). Rings: desc 0, avail 0x1000,
+# used 0x2000, 256 entries.
+HALF = 0x4000
+
+def inet_sum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+def tcp4_frame(payload):
+    eth = bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0])
+    ip = bytearray(20)
+    ip[0], ip[6], ip[8], ip[9] = 0x45, 0x40, 64, 6
+    struct.pack_into("!H", ip, 2, 40 + payload)
+    ip[12:20] = bytes([10, 0, 0, 1, 10, 0, 0, 2])
+    struct.pack_into("!H", ip, 10, ~inet_sum(bytes(ip)) & 0xFFFF)
+    tcp = bytearray(20)
+    struct.pack_into("!HHII", tcp, 0, 1, 2, 1000, 0)
+    tcp[12], tcp[13] = 5 << 4, 0x19  # FIN PSH ACK
+    # The pseudo-header sum, as a guest leaves it with NEEDS_CSUM.
+    struct.pack_into("!H", tcp, 16, inet_sum(bytes(ip[12:20]) + struct.pack("!HH", 6, 20 + payload)))
+    return eth + bytes(ip) + bytes(tcp) + bytes((i * 7) & 0xFF for i in range(payload))
+
+def tx_image(vnet, frame):
+    m = bytearray(HALF)
+    struct.pack_into("<QIHH", m, 0, 0x2900, 12 + len(frame), 0, 0)
+    struct.pack_into("<HHH", m, 0x1000, 0, 1, 0)
+    m[0x2900:0x2900 + 12 + len(frame)] = vnet + frame
+    return m
+
+def rx_image(offloads):
+    m = bytearray(HALF)
+    for i in range(16):  # 16 writable 2 KiB buffers in the cycled part of memory b
+        struct.pack_into("<QIHH", m, 16 * i, 0x8000 + 2048 * i, 2048, 2, 0)
+    struct.pack_into("<HH", m, 0x1000, 0, 16)
+    for i in range(16):
+        struct.pack_into("<H", m, 0x1004 + 2 * i, i)
+    m[-1] = offloads
+    return m
+
+def ring_seed(vnet, offloads, payload):
+    # 256 entries; a: VERSION_1; b: VERSION_1 | MRG_RXBUF; one round.
+    return bytes([8, 0x01, 0b11 << 2]) + tx_image(vnet, tcp4_frame(payload)) + rx_image(offloads)
+
+vnet = lambda flags, gso, size: struct.pack("<BBHHHHH", flags, gso, 54, size, 34, 16, 0)
+d = os.path.join(here, "corpus", "ring_fast_path")
+os.makedirs(d, exist_ok=True)
+ring_seeds = {
+    "seed-tso4-segmented": ring_seed(vnet(1, 1, 1000), 0x0F, 4000),
+    "seed-tso4-passed-through": ring_seed(vnet(1, 1, 1000), 0xFF, 4000),
+    "seed-csum-completed": ring_seed(vnet(1, 0, 0), 0x0F, 1000),
+    "seed-tso4-not-negotiated": ring_seed(vnet(1, 1, 1000), 0x00, 4000),
+}
+for name, data in ring_seeds.items():
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+print(f"wrote {len(ring_seeds)} seeds to {d}")

@@ -63,6 +63,10 @@ pub struct PortConfig {
     /// and enforced on frames delivered to it; `None`: no MTU offered, no limit but
     /// `max_frame_len`.
     pub mtu: Option<u16>,
+    /// Offer the checksum and TSO offloads (CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6,
+    /// HOST/GUEST_ECN) to the port's guest. On by default; the switch completes checksums
+    /// and segments in software for guests without them either way.
+    pub offloads: bool,
 }
 
 /// Everything the daemon runs with.
@@ -142,6 +146,7 @@ struct FileConfig {
     max_fds_per_connection: Option<usize>,
     max_learned_macs: Option<u32>,
     mtu: Option<u32>,
+    offloads: Option<bool>,
     quiesce_timeout_secs: Option<u64>,
     require_sealed_memory: Option<bool>,
     pmd_sleep_max_us: Option<u64>,
@@ -166,6 +171,7 @@ struct FilePort {
     allowed_macs: Vec<String>,
     max_learned_macs: Option<u32>,
     mtu: Option<u32>,
+    offloads: Option<bool>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -197,6 +203,8 @@ pub struct Overrides {
     pub mtu: Option<u32>,
     /// `--pmd-sleep-max-us`.
     pub pmd_sleep_max_us: Option<u64>,
+    /// `--no-offloads` (per port): `Some(false)`; `None` leaves the file's setting.
+    pub offloads: Option<bool>,
 }
 
 /// Default cap of guest memory per front-end: 64 GiB.
@@ -334,6 +342,7 @@ impl Config {
         // Like max_learned_macs: the flag or the file's top level gives every port's
         // default, a port's own setting wins.
         let mtu_default = flags.mtu.or(file.mtu);
+        let offloads_default = flags.offloads.or(file.offloads).unwrap_or(true);
         let mut ports: Vec<PortConfig> = Vec::new();
         for p in file.ports {
             let mac = p.mac.as_deref().map(parse_mac).transpose()?;
@@ -365,6 +374,7 @@ impl Config {
                 allowed_macs,
                 max_learned_macs: p.max_learned_macs.unwrap_or(max_learned_default),
                 mtu,
+                offloads: p.offloads.unwrap_or(offloads_default),
             });
         }
         let flag_ports = flags
@@ -407,6 +417,7 @@ impl Config {
                     queue_pairs: 1,
                     mac: [0; 6],
                     mtu: mtu_setting(&name, mtu_default)?,
+                    offloads: offloads_default,
                 }),
             }
         }
@@ -731,6 +742,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("multicast"));
+    }
+
+    #[test]
+    fn offloads_on_by_default_off_per_port_or_for_all() {
+        let toml = r#"
+            [[port]]
+            name = "a"
+            socket = "/tmp/a.sock"
+            offloads = false
+            [[port]]
+            name = "b"
+            socket = "/tmp/b.sock"
+        "#;
+        let c = Config::from_toml(toml, flags_with(&[("c", "/tmp/c.sock")]), 2).unwrap();
+        let on: Vec<bool> = c.ports.iter().map(|p| p.offloads).collect();
+        assert_eq!(on, [false, true, true]);
+        let all_off = format!("offloads = false\n{toml}");
+        let c = Config::from_toml(&all_off, Overrides::default(), 2).unwrap();
+        assert!(c.ports.iter().all(|p| !p.offloads));
+        let mut flags = flags_with(&[("c", "/tmp/c.sock")]);
+        flags.offloads = Some(false);
+        let c = Config::from_toml("", flags, 2).unwrap();
+        assert!(!c.ports[0].offloads, "--no-offloads");
     }
 
     #[test]

@@ -110,6 +110,8 @@ fn stats(ports: &[Port], dataplane: &Dataplane) -> Value {
                         "packets": r.packets,
                         "bytes": r.bytes,
                         "forwarded": r.forwarded,
+                        "csum_completed": r.csum_completed,
+                        "segmented": r.segmented,
                         "dropped": r.dropped(),
                         "drops": drops_json(&r.drops),
                     })
@@ -181,6 +183,7 @@ fn port_state(ports: &[Port]) -> Value {
                 "role": match p.config.role { Role::Server => "server", Role::Client => "client" },
                 "mac": mac_string(p.config.mac),
                 "mtu": p.config.mtu,
+                "offloads": p.config.offloads,
                 "connected": p.session.is_some(),
                 "last_disconnect": p.last_end,
             });
@@ -319,6 +322,23 @@ pub fn render(command: Command, v: &Value) -> String {
                     }
                 }
             }
+            let mut offload_lines = String::new();
+            for p in ports {
+                for r in p.get("rings").and_then(Value::as_array).unwrap_or(&empty) {
+                    let (c, g) = (u(r, "csum_completed"), u(r, "segmented"));
+                    if c != 0 || g != 0 {
+                        offload_lines += &format!(
+                            "  {} ring{}: csum_completed={c} segmented={g}\n",
+                            s(p, "name"),
+                            u(r, "ring")
+                        );
+                    }
+                }
+            }
+            if !offload_lines.is_empty() {
+                out += "\nsoftware offloads (port ring: frames)\n";
+                out += &offload_lines;
+            }
             out += "\npmd  busy_cycles   idle_cycles         naps   napped_ms   queues\n";
             for m in v.get("pmds").and_then(Value::as_array).unwrap_or(&empty) {
                 let queues: Vec<String> = m
@@ -419,5 +439,25 @@ mod tests {
         assert_eq!(mtu_of(lines[1]), "1500", "{out}");
         assert_eq!(mtu_of(lines[2]), "9000", "{out}");
         assert_eq!(mtu_of(lines[3]), "-", "{out}");
+    }
+
+    #[test]
+    fn stats_text_lists_software_offloads_only_where_there_were_some() {
+        let ring = |i: u64, c: u64, g: u64| json!({ "ring": i, "packets": 1, "drops": {}, "csum_completed": c, "segmented": g });
+        let v = json!({ "mode": "learning", "ports": [
+            { "name": "a", "connected": true, "rings": [ring(0, 3, 2), ring(1, 0, 0)] },
+            { "name": "b", "connected": true, "rings": [ring(0, 0, 0), ring(1, 0, 0)] },
+        ], "pmds": [] });
+        let out = render(Command::Stats, &v);
+        assert!(out.contains("software offloads"), "{out}");
+        assert!(
+            out.contains("  a ring0: csum_completed=3 segmented=2\n"),
+            "{out}"
+        );
+        assert!(!out.contains("b ring0: csum"), "{out}");
+        let quiet = json!({ "mode": "learning", "ports": [
+            { "name": "b", "connected": true, "rings": [ring(0, 0, 0)] },
+        ], "pmds": [] });
+        assert!(!render(Command::Stats, &quiet).contains("software offloads"));
     }
 }

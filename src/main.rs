@@ -116,6 +116,10 @@ struct RunArgs {
     /// polling; at most 10000). Naps grow from 1 µs while nothing arrives.
     #[arg(long, value_name = "US")]
     pmd_sleep_max_us: Option<u64>,
+    /// Offer no checksum or TSO offload to any port's guest unless its `[[port]]` sets
+    /// `offloads = true` (offloads are offered by default).
+    #[arg(long)]
+    no_offloads: bool,
     /// Control socket for `vhost-switch ctl` (default /run/vhost-switch/control.sock).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -203,6 +207,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_learned_macs: args.max_learned_macs,
         mtu: args.mtu,
         pmd_sleep_max_us: args.pmd_sleep_max_us,
+        offloads: args.no_offloads.then_some(false),
     };
     let config = Config::load(args.config.as_deref(), flags, cpus)?;
     for p in &config.ports {

@@ -121,6 +121,7 @@ impl Port {
             mac: self.config.mac,
             queue_pairs: self.config.queue_pairs,
             mtu: self.config.mtu,
+            offloads: self.config.offloads,
             limits: self.limits,
             dataplane: self.dataplane.clone(),
         }

@@ -455,9 +455,71 @@ fn r4_unoffered_features_are_refused() {
     let d = Daemon::start(&["p0"], &[]);
     let mut fe = d.connect("p0");
     negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
-    // CSUM (0) is not offered (no offloads yet); bit 63 is unknown.
-    assert_nack(fe.set_features(VERSION_1 | BIT30 | 1, true));
+    // GUEST_UFO (10) is never offered; bit 63 is unknown.
+    assert_nack(fe.set_features(VERSION_1 | BIT30 | GUEST_CSUM | (1 << 10), true));
     assert_nack(fe.set_features(VERSION_1 | (1 << 63), true));
+    d.wait_log("features 0x400 were not offered");
+}
+
+#[test]
+fn r4_offloads_are_offered_and_their_dependencies_enforced() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    assert_eq!(fe.get_features().unwrap() & OFFLOADS, OFFLOADS);
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    let base = VERSION_1 | BIT30;
+    // virtio 1.2 §5.1.3.1, each answered with a NACK and the rule in the log.
+    for (acked, rule) in [
+        (GUEST_TSO4, "feature bit 7 requires one of bits [1]"),
+        (GUEST_TSO6, "feature bit 8 requires one of bits [1]"),
+        (
+            GUEST_CSUM | GUEST_ECN,
+            "feature bit 9 requires one of bits [7, 8]",
+        ),
+        (HOST_TSO4, "feature bit 11 requires one of bits [0]"),
+        (HOST_TSO6, "feature bit 12 requires one of bits [0]"),
+        (
+            CSUM | HOST_ECN,
+            "feature bit 13 requires one of bits [11, 12]",
+        ),
+    ] {
+        assert_nack(fe.set_features(base | acked, true));
+        d.wait_log(rule);
+    }
+    // Every offload, and each half alone, is a valid set.
+    fe.set_features(base | CSUM | HOST_TSO6 | HOST_ECN, true)
+        .unwrap();
+    fe.set_features(base | GUEST_CSUM | GUEST_TSO4, true)
+        .unwrap();
+    fe.set_features(base | OFFLOADS, true).unwrap();
+}
+
+#[test]
+fn r5_offload_dependency_broken_with_status_refuses_features_ok() {
+    let d = Daemon::start(&["p0"], &[]);
+    let mut fe = d.connect("p0");
+    fe.get_features().unwrap();
+    fe.set_protocol_features(STATUS, false).unwrap();
+    fe.set_owner(false).unwrap();
+    // Without REPLY_ACK the STATUS way to refuse applies: FEATURES_OK does not stick.
+    fe.set_features(VERSION_1 | BIT30 | GUEST_TSO4, false)
+        .unwrap();
+    fe.set_status(ACK_DRIVER | FEATURES_OK, false).unwrap();
+    assert_eq!(fe.get_status().unwrap() as u8 & FEATURES_OK, 0);
+    d.wait_log("FEATURES_OK refused: acked features");
+    fe.set_features(VERSION_1 | BIT30 | GUEST_CSUM | GUEST_TSO4, false)
+        .unwrap();
+    fe.set_status(ACK_DRIVER | FEATURES_OK, false).unwrap();
+    assert_ne!(fe.get_status().unwrap() as u8 & FEATURES_OK, 0);
+}
+
+#[test]
+fn r4_no_offloads_setting_offers_none_and_refuses_an_ack() {
+    let d = Daemon::start(&["p0"], &["--no-offloads"]);
+    let mut fe = d.connect("p0");
+    assert_eq!(fe.get_features().unwrap() & OFFLOADS, 0);
+    negotiate(&mut fe, REPLY_ACK, VERSION_1 | BIT30);
+    assert_nack(fe.set_features(VERSION_1 | BIT30 | CSUM, true));
     d.wait_log("features 0x1 were not offered");
 }
 

@@ -2,7 +2,9 @@
 //! (loops, indirect tables, bad lengths and addresses, index jumps, packed wrap counters
 //! and flags), dequeue from a guest TX ring, the switch decision, and enqueue into another
 //! guest's RX ring (split or packed, each side on its own; MRG_RXBUF or not; IN_ORDER or
-//! not). Oracle: no panic, no access outside the mapped memory (AddressSanitizer plus the
+//! not), with checksum and TSO offloads negotiated or not on each side, so that the
+//! virtio-net headers the fuzzer writes are checked, passed through, completed or
+//! segmented. Oracle: no panic, no access outside the mapped memory (AddressSanitizer plus the
 //! walker's checks), and conservation: every chain taken is forwarded or dropped for one
 //! reason, and every frame forwarded is delivered or dropped for one reason.
 #![no_main]
@@ -50,7 +52,18 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .fold(0u64, |acc, &(from, to)| acc | u64::from(f >> from & 1) << to)
     };
-    let (fa, fb) = (features_of(data[1]), features_of(data[2] >> 2));
+    // Offloads from the last byte, which the memory image also uses (it is cycled), so that
+    // older seeds keep their ring layout: the source's CSUM, HOST_TSO4/6, HOST_ECN from
+    // bits 0-3, the destination's GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN from bits 4-7, in
+    // any combination (the fast path must hold even where §5.1.3.1 would refuse one).
+    let off = data[data.len() - 1];
+    let offloads_of = |bits: u8, map: [u32; 4]| {
+        map.iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &to)| acc | u64::from(bits >> i & 1) << to)
+    };
+    let fa = features_of(data[1]) | offloads_of(off, [0, 11, 12, 13]);
+    let fb = features_of(data[2] >> 2) | offloads_of(off >> 4, [1, 7, 8, 9]);
     let rounds = 1 + data[2] % 8;
     let split = 3 + (data.len() - 3) / 2;
     let (a, b) = (guest(&data[3..split]), guest(&data[split..]));

@@ -32,6 +32,7 @@ use crate::chain::{ChainError, Direction, Segments};
 use crate::copy;
 use crate::memory::GuestMemoryMap;
 use crate::net::{EthernetHeader, VirtioNetHdr};
+use crate::offload::{self, Action, Checksum, SegmentPlan};
 use crate::queue::{broken, Cursor, RingRuntime, RingView};
 use crate::ring::{ChainHead, DeviceRing};
 use crate::snapshot::PortSnapshot;
@@ -74,6 +75,11 @@ struct Taken {
     /// Bytes of the chain, virtio-net header included.
     len: u64,
     verdict: Verdict,
+    /// The checked offload header (all zero for a plain frame, the common case).
+    vnet: VirtioNetHdr,
+    /// The length a destination's MTU is checked against: the frame's, or for a TSO frame
+    /// its longest segment's.
+    mtu_len: u64,
 }
 
 /// RX chains reserved for one frame.
@@ -302,6 +308,71 @@ impl Taken {
     fn frame_len(&self, header_len: u64) -> u64 {
         self.len - header_len
     }
+
+    /// True when the header asks for an offload: the one branch the plain path takes.
+    #[inline]
+    fn has_offload(&self) -> bool {
+        self.vnet.flags | self.vnet.gso_type != 0
+    }
+}
+
+/// Reads the start of a TX chain in one copy: the virtio-net header's first two bytes
+/// (flags, gso_type: all a plain frame needs of it) and the Ethernet header behind the
+/// `hdr`-byte net header. `None` if the chain is shorter.
+#[inline]
+fn read_head(
+    memory: &GuestMemoryMap,
+    segs: &[crate::memory::GuestRange],
+    hdr: u64,
+) -> Option<([u8; 2], [u8; EthernetHeader::LEN])> {
+    const LONG: usize = VirtioNetHdr::LEN + EthernetHeader::LEN;
+    const SHORT: usize = VirtioNetHdr::LEGACY_LEN + EthernetHeader::LEN;
+    let mut eth = [0u8; EthernetHeader::LEN];
+    let flags = if hdr == VirtioNetHdr::LEN as u64 {
+        let b = copy::read_array::<LONG>(memory, segs, 0)?;
+        eth.copy_from_slice(&b[VirtioNetHdr::LEN..]);
+        [b[0], b[1]]
+    } else {
+        let b = copy::read_array::<SHORT>(memory, segs, 0)?;
+        eth.copy_from_slice(&b[VirtioNetHdr::LEGACY_LEN..]);
+        [b[0], b[1]]
+    };
+    Some((flags, eth))
+}
+
+/// Checks frame `t`'s virtio-net header against the source's offloads: the checked
+/// header and the length the MTU applies to, or why the frame is dropped. `flags` are the
+/// header's first two bytes (flags, gso_type): when both are zero (a plain frame, the
+/// common case) nothing more is read.
+fn check_offload(
+    t: &Taken,
+    flags: [u8; 2],
+    segs: &[crate::memory::GuestRange],
+    source: &Source<'_>,
+    offloads: offload::Offloads,
+) -> Result<(VirtioNetHdr, u64), DropReason> {
+    let frame_len = t.frame_len(source.header_len);
+    if flags == [0, 0] {
+        return Ok((VirtioNetHdr::default(), frame_len));
+    }
+    // Both header forms start with the same 10 bytes; num_buffers means nothing on TX.
+    let raw = copy::read_array::<{ VirtioNetHdr::LEGACY_LEN }>(source.memory, segs, 0)
+        .ok_or(DropReason::Runt)?;
+    let mut long = [0u8; VirtioNetHdr::LEN];
+    long[..VirtioNetHdr::LEGACY_LEN].copy_from_slice(&raw);
+    let vnet = offload::check_claim(&VirtioNetHdr::parse(&long), offloads, frame_len)?;
+    if vnet.gso_type == offload::GSO_NONE {
+        return Ok((vnet, frame_len));
+    }
+    // A TSO frame: its headers are parsed now so that a destination's MTU applies to its
+    // segments, and a frame no one could segment is refused once, at the source.
+    let mut head = [0u8; offload::MAX_HEADERS];
+    let n = frame_len.min(offload::MAX_HEADERS as u64) as usize;
+    if !copy::read(source.memory, segs, source.header_len, &mut head[..n]) {
+        return Err(DropReason::Runt);
+    }
+    let plan = SegmentPlan::parse(&vnet, &head[..n], frame_len)?;
+    Ok((vnet, plan.max_segment_len()))
 }
 
 /// Starts loading the first line of the frame (its Ethernet header) behind the virtio-net
@@ -337,7 +408,10 @@ fn classify(
             continue;
         }
         let segs = &scratch.src.as_slice()[t.segs.0..t.segs.1];
-        let eth = copy::read_array::<{ EthernetHeader::LEN }>(source.memory, segs, hdr);
+        let (flags, eth) = match read_head(source.memory, segs, hdr) {
+            Some((flags, eth)) => (flags, Some(eth)),
+            None => ([0, 0], None),
+        };
         t.verdict = match eth {
             _ if t.len < hdr + EthernetHeader::LEN as u64 => Verdict::Drop(DropReason::Runt),
             None => Verdict::Drop(DropReason::Runt),
@@ -345,20 +419,27 @@ fn classify(
                 Verdict::Drop(DropReason::TooLong)
             }
             Some(_) if !tx.enabled => Verdict::Drop(DropReason::RingDisabled),
-            Some(eth) => {
-                let eth = EthernetHeader::parse(&eth);
-                match ctx.switch.decide(source.port, eth.dst, eth.src, ctx.now) {
-                    Destination::Nowhere => Verdict::Drop(DropReason::NoDestination),
-                    Destination::Spoofed => Verdict::Drop(DropReason::Spoofed),
-                    Destination::Port(p) => {
-                        if !scratch.destinations.contains(&p) {
-                            scratch.destinations.push(p);
+            // The offload claim is checked before the switch decision, so that a frame
+            // dropped for it teaches the FDB nothing.
+            Some(eth) => match check_offload(t, flags, segs, source, tx.features.offloads) {
+                Err(reason) => Verdict::Drop(reason),
+                Ok((vnet, mtu_len)) => {
+                    t.vnet = vnet;
+                    t.mtu_len = mtu_len;
+                    let eth = EthernetHeader::parse(&eth);
+                    match ctx.switch.decide(source.port, eth.dst, eth.src, ctx.now) {
+                        Destination::Nowhere => Verdict::Drop(DropReason::NoDestination),
+                        Destination::Spoofed => Verdict::Drop(DropReason::Spoofed),
+                        Destination::Port(p) => {
+                            if !scratch.destinations.contains(&p) {
+                                scratch.destinations.push(p);
+                            }
+                            Verdict::Port(p)
                         }
-                        Verdict::Port(p)
+                        Destination::Flood => Verdict::Flood,
                     }
-                    Destination::Flood => Verdict::Flood,
                 }
-            }
+            },
         };
         match t.verdict {
             Verdict::Drop(reason) => stats.drop(reason),
@@ -474,7 +555,11 @@ fn deliver_on<R: DeviceRing>(
         if !goes_to(&scratch.taken[k], port, source.port) {
             continue;
         }
-        if scratch.taken[k].frame_len(source.header_len) > limit {
+        let t = &scratch.taken[k];
+        let frame_len = t.frame_len(source.header_len);
+        let segment =
+            t.has_offload() && offload::action(&t.vnet, rx.features.offloads) == Action::Segment;
+        if t.mtu_len > limit {
             stats.drop(DropReason::OverMtu);
             continue;
         }
@@ -482,12 +567,28 @@ fn deliver_on<R: DeviceRing>(
             stats.drop(reason);
             continue;
         }
+        if segment {
+            // Rare: the frames reserved before it go first, in order.
+            copy_reserved(scratch, rx, ring, cur, source, stats);
+            let to = (port, limit);
+            if let Err(reason) = deliver_segments(scratch, rx, ring, cur, k, source, to, stats) {
+                stats.drop(reason);
+                if !matches!(
+                    reason,
+                    DropReason::TooBig | DropReason::BadOffload | DropReason::OverMtu
+                ) {
+                    exhausted = Some(reason);
+                }
+            }
+            continue;
+        }
         if scratch.dst.room() < MAX_CHAIN_SEGMENTS
             || scratch.rx_chains.capacity() - scratch.rx_chains.len() < MAX_RX_CHAINS
         {
             copy_reserved(scratch, rx, ring, cur, source, stats);
         }
-        match reserve(scratch, rx, ring, cur, k, source.header_len, port) {
+        let need = u64::from(rx.features.header_len) + frame_len;
+        match reserve(scratch, rx, ring, cur, k, need, port) {
             Ok(()) => {}
             Err(reason) => {
                 stats.drop(reason);
@@ -503,19 +604,19 @@ fn deliver_on<R: DeviceRing>(
     }
 }
 
-/// Reserves RX chains for frame `k` (its header and bytes), walking them into
-/// `scratch.dst` and prefetching each one's first line. On failure nothing is consumed.
+/// Reserves RX chains of `need` bytes for frame `k` (its header and bytes, or one of its
+/// segments), walking them into `scratch.dst` and prefetching each one's first line. On
+/// failure nothing is consumed.
 fn reserve<R: DeviceRing>(
     scratch: &mut Scratch,
     rx: &RingRuntime,
     ring: &R,
     cur: &mut Cursor,
     k: usize,
-    src_header_len: u64,
+    need: u64,
     port: usize,
 ) -> Result<(), DropReason> {
     let memory = rx.memory();
-    let need = u64::from(rx.features.header_len) + scratch.taken[k].frame_len(src_header_len);
     let (start_cursor, start_seg, start_chain) = (*cur, scratch.dst.len(), scratch.rx_chains.len());
     let undo = |scratch: &mut Scratch, cur: &mut Cursor| {
         *cur = start_cursor;
@@ -604,17 +705,25 @@ fn copy_reserved<R: DeviceRing>(
         let frame_len = t.frame_len(source.header_len);
         let dst = &scratch.dst.as_slice()[r.segs.0..r.segs.1];
         let chains = &scratch.rx_chains[r.chains.0..r.chains.1];
-        // No offloads are negotiated, so the header is all zero but num_buffers (1
-        // without MRG_RXBUF, as §5.1.6.4.1 requires); the legacy form stops before it.
-        let header = VirtioNetHdr::plain(chains.len() as u16).emit();
-        let header_written = if hdr == VirtioNetHdr::LEN as u64 {
-            copy::write_array(memory, dst, &header)
+        let num_buffers = chains.len() as u16;
+        // A plain frame (the common case: one branch) gets a header all zero but
+        // num_buffers (1 without MRG_RXBUF, as §5.1.6.4.1 requires). An offload header
+        // passes unchanged to a guest that negotiated the offload; for one that did not,
+        // the checksum is completed below (segmentation never comes here).
+        let action = if t.has_offload() {
+            offload::action(&t.vnet, rx.features.offloads)
         } else {
-            let mut legacy = [0u8; VirtioNetHdr::LEGACY_LEN];
-            legacy.copy_from_slice(&header[..VirtioNetHdr::LEGACY_LEN]);
-            copy::write_array(memory, dst, &legacy)
+            Action::Plain
         };
-        let copied = header_written
+        let header = if action == Action::PassThrough {
+            VirtioNetHdr {
+                num_buffers,
+                ..t.vnet
+            }
+        } else {
+            VirtioNetHdr::plain(num_buffers)
+        };
+        let mut copied = write_header(memory, dst, hdr, &header)
             && copy::chain_to_chain(
                 source.memory,
                 &scratch.src.as_slice()[t.segs.0..t.segs.1],
@@ -624,6 +733,12 @@ fn copy_reserved<R: DeviceRing>(
                 hdr,
                 frame_len,
             ) == frame_len;
+        if copied && action == Action::CompleteChecksum {
+            copied = complete_checksum(memory, dst, hdr, frame_len, &t.vnet);
+            if copied {
+                stats.csum_completed.add(1);
+            }
+        }
         // The chains were walked in `memory` and cover the length, so the copy cannot fall
         // short; should it anyway, the chains go back empty and the frame is counted lost.
         let mut left = if copied { hdr + frame_len } else { 0 };
@@ -642,4 +757,133 @@ fn copy_reserved<R: DeviceRing>(
     scratch.reserved.clear();
     scratch.dst.clear();
     scratch.rx_chains.clear();
+}
+
+/// Writes `header` at the start of RX chain `dst` in the destination's form: 12 bytes, or
+/// the legacy 10 (without num_buffers). False if the chain is shorter.
+#[inline]
+fn write_header(
+    memory: &GuestMemoryMap,
+    dst: &[crate::memory::GuestRange],
+    hdr: u64,
+    header: &VirtioNetHdr,
+) -> bool {
+    let header = header.emit();
+    if hdr == VirtioNetHdr::LEN as u64 {
+        copy::write_array(memory, dst, &header)
+    } else {
+        let mut legacy = [0u8; VirtioNetHdr::LEGACY_LEN];
+        legacy.copy_from_slice(&header[..VirtioNetHdr::LEGACY_LEN]);
+        copy::write_array(memory, dst, &legacy)
+    }
+}
+
+/// Completes the partial checksum of a frame already copied into RX chain `dst` (behind a
+/// `hdr`-byte header): the ones' complement sum from `csum_start` to the end of the frame,
+/// which includes the pseudo-header sum the sender seeded the checksum field with, stored
+/// at `csum_start + csum_offset` (inside the frame: checked at the source). Summed over the
+/// destination's copy, so the source cannot change the bytes after they were summed.
+fn complete_checksum(
+    memory: &GuestMemoryMap,
+    dst: &[crate::memory::GuestRange],
+    hdr: u64,
+    frame_len: u64,
+    vnet: &VirtioNetHdr,
+) -> bool {
+    let start = u64::from(vnet.csum_start);
+    let mut sum = Checksum::default();
+    copy::checksum(memory, dst, hdr + start, frame_len - start, &mut sum)
+        && copy::write(
+            memory,
+            dst,
+            hdr + start + u64::from(vnet.csum_offset),
+            &sum.finish().to_be_bytes(),
+        )
+}
+
+/// Cuts TSO frame `k` into segments for a destination that cannot take it, each written
+/// straight into its own RX chains: headers rebuilt from a copy of the frame's headers
+/// ([`SegmentPlan::segment_headers`]), payload copied from the source, the TCP checksum
+/// summed over the destination's copy. `to` is the destination port and its frame limit
+/// ([`PortSnapshot::frame_limit`]). Counts the frame delivered once all of its segments
+/// are; on failure returns why (segments already delivered stay delivered: a receiver sees
+/// a TCP segment loss, which TCP repairs).
+#[allow(clippy::too_many_arguments)]
+fn deliver_segments<R: DeviceRing>(
+    scratch: &mut Scratch,
+    rx: &RingRuntime,
+    ring: &R,
+    cur: &mut Cursor,
+    k: usize,
+    source: &Source<'_>,
+    to: (usize, u64),
+    stats: &QueueStats,
+) -> Result<(), DropReason> {
+    let (port, limit) = to;
+    let t = scratch.taken[k];
+    let memory = rx.memory();
+    let hdr = u64::from(rx.features.header_len);
+    let frame_len = t.frame_len(source.header_len);
+    // Copy, then validate: the headers are read from the source once more (it may have
+    // changed them since classification) and parsed again from our copy, which alone is
+    // used from here on.
+    let mut head = [0u8; offload::MAX_HEADERS];
+    let n = frame_len.min(offload::MAX_HEADERS as u64) as usize;
+    let src_segs = (t.segs.0, t.segs.1);
+    if !copy::read(
+        source.memory,
+        &scratch.src.as_slice()[src_segs.0..src_segs.1],
+        source.header_len,
+        &mut head[..n],
+    ) {
+        return Err(DropReason::BadOffload);
+    }
+    let plan = SegmentPlan::parse(&t.vnet, &head[..n], frame_len)?;
+    // The source may have grown its headers since the MTU was checked at classification.
+    if plan.max_segment_len() > limit {
+        return Err(DropReason::OverMtu);
+    }
+    let mut out = [0u8; offload::MAX_HEADERS];
+    let headers = plan.headers as u64;
+    for i in 0..plan.segments() {
+        let payload = u64::from(plan.segment_payload(i));
+        reserve(scratch, rx, ring, cur, k, hdr + headers + payload, port)?;
+        let Some(r) = scratch.reserved.pop() else {
+            return Err(DropReason::RxBadDescriptor);
+        };
+        let src = &scratch.src.as_slice()[src_segs.0..src_segs.1];
+        let dst = &scratch.dst.as_slice()[r.segs.0..r.segs.1];
+        let chains = &scratch.rx_chains[r.chains.0..r.chains.1];
+        let mut sum = plan.segment_headers(&head, i, &mut out);
+        let src_off = source.header_len + headers + u64::from(i) * u64::from(plan.mss);
+        let ok = write_header(memory, dst, hdr, &VirtioNetHdr::plain(chains.len() as u16))
+            && copy::chain_to_chain(
+                source.memory,
+                src,
+                src_off,
+                memory,
+                dst,
+                hdr + headers,
+                payload,
+            ) == payload
+            && copy::checksum(memory, dst, hdr + headers, payload, &mut sum);
+        let csum_at = plan.l4 + 16;
+        out[csum_at..csum_at + 2].copy_from_slice(&sum.finish().to_be_bytes());
+        let ok = ok && copy::write(memory, dst, hdr, &out[..plan.headers]);
+        let mut left = if ok { hdr + headers + payload } else { 0 };
+        for &(head, chain_len) in chains {
+            let used = left.min(chain_len);
+            left -= used;
+            ring.push_used(cur, head, used as u32);
+        }
+        scratch.dst.clear();
+        scratch.rx_chains.clear();
+        if !ok {
+            return Err(DropReason::RxBadDescriptor);
+        }
+    }
+    stats.packets.add(1);
+    stats.bytes.add(frame_len);
+    stats.segmented.add(1);
+    Ok(())
 }

@@ -10,6 +10,7 @@
 //!   descriptor-chain walking against a hostile guest, over the shared checks of [`chain`];
 //!   [`ring`]: what the fast path needs of a layout;
 //! - [`net`]: typed virtio-net and Ethernet header views; [`copy`]: the copy engine;
+//!   [`offload`]: checksum and TSO offloads (claims checked, software fallback);
 //! - [`queue`]: a started ring's runtime (cursor, busy flag);
 //! - [`forward`]: the burst fast path (dequeue, switch, single copy, enqueue);
 //! - [`switch`]: learning bridge FDB and cross-connect;
@@ -35,6 +36,7 @@ pub mod forward;
 pub mod memory;
 mod mmap;
 pub mod net;
+pub mod offload;
 pub mod packed;
 pub mod queue;
 pub mod ring;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::memory::GuestMemoryMap;
+use crate::offload::Offloads;
 use crate::packed::raw::{PackedRing, EVENT_F_DISABLE};
 use crate::split::raw::{SplitRing, USED_F_NO_NOTIFY};
 use crate::vring::{Layout, TranslatedRing};
@@ -30,6 +31,8 @@ pub struct RingFeatures {
     pub indirect: bool,
     /// VIRTIO_F_IN_ORDER: chains returned without data may share one used entry.
     pub in_order: bool,
+    /// Checksum and TSO offloads negotiated (what the guest sends and takes).
+    pub offloads: Offloads,
 }
 
 impl RingFeatures {
@@ -43,6 +46,7 @@ impl RingFeatures {
             event_idx: has(29),
             indirect: has(28),
             in_order: has(35),
+            offloads: Offloads::from_features(f),
         }
     }
 }

@@ -34,10 +34,17 @@ pub enum DropReason {
     /// Destination: the frame is longer than the destination port's MTU allows (MTU plus
     /// an Ethernet header and one 802.1Q tag, see [`crate::snapshot::PortSnapshot::frame_limit`]).
     OverMtu,
+    /// Source: the virtio-net header claims an offload the source never negotiated
+    /// (NEEDS_CSUM without CSUM, a GSO type without its HOST_TSO*), or one never offered.
+    OffloadNotNegotiated,
+    /// Source or destination: the offload the header asks for cannot be honoured (a
+    /// checksum position outside the frame, GSO without a segment size, a TSO frame that
+    /// is not plain TCP over IPv4/IPv6 or has truncated headers, too many segments).
+    BadOffload,
 }
 
 /// Number of drop reasons.
-pub const DROP_REASONS: usize = 11;
+pub const DROP_REASONS: usize = 13;
 
 impl DropReason {
     /// All reasons, in counter order.
@@ -53,6 +60,8 @@ impl DropReason {
         DropReason::TooLong,
         DropReason::Spoofed,
         DropReason::OverMtu,
+        DropReason::OffloadNotNegotiated,
+        DropReason::BadOffload,
     ];
 
     /// Snake-case name for output.
@@ -69,6 +78,8 @@ impl DropReason {
             DropReason::TooLong => "too_long",
             DropReason::Spoofed => "spoofed",
             DropReason::OverMtu => "over_mtu",
+            DropReason::OffloadNotNegotiated => "offload_not_negotiated",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 }
@@ -106,6 +117,14 @@ pub struct QueueStats {
     pub bytes: Counter,
     /// TX ring: packets handed to at least one destination.
     pub forwarded: Counter,
+    /// RX ring: frames whose partial checksum the switch completed because this guest did
+    /// not negotiate GUEST_CSUM.
+    pub csum_completed: Counter,
+    /// RX ring: TSO frames the switch cut into segments because this guest did not
+    /// negotiate the GUEST_TSO* they needed. `packets` counts such a frame once, when all
+    /// of its segments were delivered, so that every frame offered is delivered or dropped
+    /// exactly once.
+    pub segmented: Counter,
     /// Drops by reason.
     pub drops: [Counter; DROP_REASONS],
 }
@@ -127,6 +146,10 @@ pub struct QueueTotals {
     pub bytes: u64,
     /// See [`QueueStats::forwarded`].
     pub forwarded: u64,
+    /// See [`QueueStats::csum_completed`].
+    pub csum_completed: u64,
+    /// See [`QueueStats::segmented`].
+    pub segmented: u64,
     /// Drops by reason, in [`DropReason::ALL`] order.
     pub drops: [u64; DROP_REASONS],
 }
@@ -137,6 +160,8 @@ impl QueueTotals {
         self.packets += q.packets.get();
         self.bytes += q.bytes.get();
         self.forwarded += q.forwarded.get();
+        self.csum_completed += q.csum_completed.get();
+        self.segmented += q.segmented.get();
         for (t, c) in self.drops.iter_mut().zip(&q.drops) {
             *t += c.get();
         }

@@ -27,11 +27,17 @@ pub const OFFERED: u64 = mask(bit::VERSION_1)
     | mask(bit::INDIRECT_DESC);
 
 /// The features a port offers: [`OFFERED`], plus VIRTIO_NET_F_MTU when the port has an
-/// `mtu` setting (the device config space then carries it).
-pub const fn offered(mtu: Option<u16>) -> u64 {
-    match mtu {
+/// `mtu` setting (the device config space then carries it), plus the checksum and TSO
+/// offloads ([`features::OFFLOAD_FEATURES`]) when its `offloads` setting is on.
+pub const fn offered(mtu: Option<u16>, offloads: bool) -> u64 {
+    let base = match mtu {
         Some(_) => OFFERED | mask(bit::MTU),
         None => OFFERED,
+    };
+    if offloads {
+        base | features::OFFLOAD_FEATURES
+    } else {
+        base
     }
 }
 
@@ -455,12 +461,26 @@ mod tests {
         // VIRTIO_NET_F_MTU only where it is offered (a port with an mtu).
         let with_mtu = good | mask(bit::MTU);
         assert!(check_features(with_mtu, OFFERED).is_err());
-        assert!(check_features(with_mtu, offered(Some(1500))).is_ok());
-        let mut c = CommonCfg::with_offered("p", offered(Some(1500)));
+        assert!(check_features(with_mtu, offered(Some(1500), false)).is_ok());
+        let mut c = CommonCfg::with_offered("p", offered(Some(1500), false));
         assert_eq!(r(&c, 0x04, 4), (OFFERED | mask(bit::MTU)) & 0xffff_ffff);
         assert_ne!(negotiate(&mut c, with_mtu) & status::FEATURES_OK, 0);
         c.reset();
         assert_eq!(r(&c, 0x04, 4), (OFFERED | mask(bit::MTU)) & 0xffff_ffff);
+        // Offloads where the port's setting offers them, with their dependencies.
+        let offloads = offered(None, true);
+        let tso = good | mask(bit::GUEST_CSUM) | mask(bit::GUEST_TSO4);
+        assert!(check_features(tso, OFFERED).is_err());
+        assert!(check_features(tso, offloads).is_ok());
+        assert!(check_features(good | mask(bit::GUEST_TSO4), offloads).is_err());
+        assert!(check_features(good | mask(bit::HOST_TSO6), offloads).is_err());
+        let mut c = CommonCfg::with_offered("p", offloads);
+        assert_ne!(negotiate(&mut c, tso) & status::FEATURES_OK, 0);
+        let mut c = CommonCfg::with_offered("p", offloads);
+        assert_eq!(
+            negotiate(&mut c, good | mask(bit::HOST_ECN)) & status::FEATURES_OK,
+            0
+        );
     }
 
     #[test]

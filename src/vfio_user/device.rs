@@ -83,7 +83,10 @@ impl VirtioNetPci {
             msix_bar[MSIX_TABLE_OFFSET as usize + 16 * v + 12] = 1;
         }
         Ok(VirtioNetPci {
-            common: CommonCfg::with_offered(&cfg.port, super::common_cfg::offered(cfg.mtu)),
+            common: CommonCfg::with_offered(
+                &cfg.port,
+                super::common_cfg::offered(cfg.mtu, cfg.offloads),
+            ),
             cfg,
             versioned: false,
             pci: PciConfig::new(),

@@ -68,6 +68,7 @@ impl Client {
             mac: [2, 0, 0, 0, 0, 7],
             queue_pairs: 1,
             mtu,
+            offloads: true,
             limits: Limits {
                 max_mem_slots: 4,
                 max_memory: 64 << 20,

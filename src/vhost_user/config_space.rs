@@ -42,6 +42,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 9],
             queue_pairs: 3,
             mtu: None,
+            offloads: true,
             limits: Default::default(),
             dataplane: None,
         };
@@ -52,6 +53,7 @@ mod tests {
         assert!(s[10..].iter().all(|&b| b == 0));
         let jumbo = DeviceConfig {
             mtu: Some(9000),
+            offloads: true,
             ..cfg
         };
         let s = encode(&jumbo, true);

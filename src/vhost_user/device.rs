@@ -53,6 +53,9 @@ pub struct DeviceConfig {
     /// space, the upper bound of NET_SET_MTU, and the MTU enforced on frames delivered to
     /// the port until NET_SET_MTU says otherwise. `None`: not offered, no bound.
     pub mtu: Option<u16>,
+    /// The port's `offloads` setting: offer the checksum and TSO offloads
+    /// ([`features::OFFLOAD_FEATURES`]).
+    pub offloads: bool,
     /// What one front-end may make the switch hold.
     pub limits: Limits,
     /// Where snapshots go: the data plane and this port's index in it.
@@ -99,6 +102,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("mac", &self.mac)
             .field("queue_pairs", &self.queue_pairs)
             .field("mtu", &self.mtu)
+            .field("offloads", &self.offloads)
             .field("limits", &self.limits)
             .field("dataplane_port", &self.dataplane.as_ref().map(|(_, p)| *p))
             .finish()
@@ -186,9 +190,10 @@ impl NetDevice {
         }
     }
 
-    /// The virtio features this port offers (its `mtu` setting adds VIRTIO_NET_F_MTU).
+    /// The virtio features this port offers (its `mtu` setting adds VIRTIO_NET_F_MTU, its
+    /// `offloads` setting the offloads).
     fn offered(&self) -> u64 {
-        features::offered_features(self.cfg.mtu)
+        features::offered_features(self.cfg.mtu, self.cfg.offloads)
     }
 
     /// The MTU enforced on frames delivered to this port: NET_SET_MTU's, else the port's

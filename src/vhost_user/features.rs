@@ -91,12 +91,32 @@ pub const OFFERED_FEATURES: u64 = mask(bit::VERSION_1)
     | mask(bit::IN_ORDER)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// The checksum and TSO offloads a port offers unless its `offloads` setting is off: the
+/// guest may send partial checksums and TSO frames (CSUM, HOST_TSO4/6, HOST_ECN) and take
+/// them (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). The switch passes them through between
+/// guests that negotiated them and completes or segments in software for the others; UFO
+/// and USO are not offered.
+pub const OFFLOAD_FEATURES: u64 = mask(bit::CSUM)
+    | mask(bit::GUEST_CSUM)
+    | mask(bit::HOST_TSO4)
+    | mask(bit::HOST_TSO6)
+    | mask(bit::HOST_ECN)
+    | mask(bit::GUEST_TSO4)
+    | mask(bit::GUEST_TSO6)
+    | mask(bit::GUEST_ECN);
+
 /// The virtio features a port offers: [`OFFERED_FEATURES`], plus VIRTIO_NET_F_MTU when
-/// the port has an `mtu` setting (the config space then carries it).
-pub const fn offered_features(mtu: Option<u16>) -> u64 {
-    match mtu {
+/// the port has an `mtu` setting (the config space then carries it), plus
+/// [`OFFLOAD_FEATURES`] when its `offloads` setting is on.
+pub const fn offered_features(mtu: Option<u16>, offloads: bool) -> u64 {
+    let base = match mtu {
         Some(_) => OFFERED_FEATURES | mask(bit::MTU),
         None => OFFERED_FEATURES,
+    };
+    if offloads {
+        base | OFFLOAD_FEATURES
+    } else {
+        base
     }
 }
 
@@ -260,10 +280,14 @@ mod tests {
         assert_ne!(OFFERED_FEATURES & mask(bit::RING_PACKED), 0);
         assert_ne!(OFFERED_FEATURES & mask(bit::IN_ORDER), 0);
         assert_eq!(OFFERED_FEATURES & mask(bit::MTU), 0);
-        assert_eq!(offered_features(None), OFFERED_FEATURES);
-        let with_mtu = offered_features(Some(1500));
+        assert_eq!(offered_features(None, false), OFFERED_FEATURES);
+        let with_mtu = offered_features(Some(1500), false);
         assert_eq!(with_mtu, OFFERED_FEATURES | mask(bit::MTU));
         assert_eq!(check_dependencies(with_mtu), Ok(()));
+        let all = offered_features(Some(1500), true);
+        assert_eq!(all, with_mtu | OFFLOAD_FEATURES);
+        assert_eq!(check_dependencies(all), Ok(()));
+        assert_eq!(OFFLOAD_FEATURES & OFFERED_FEATURES, 0);
     }
 
     #[test]

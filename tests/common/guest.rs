@@ -77,8 +77,10 @@ pub fn attach_fe<'m>(
     mac: [u8; 6],
     enable: bool,
 ) -> Vm<'m> {
-    let layout = NetLayout::new(mem, 0, QUEUE_SIZE, buf_size).unwrap();
     let features = opts.features;
+    // Packed rings when the guest acks RING_PACKED, as a driver lays them out.
+    let ring_layout = vhost_kit::vring::RingLayout::for_features(features);
+    let layout = NetLayout::new_as(mem, 0, QUEUE_SIZE, buf_size, ring_layout).unwrap();
     let mut drv = NetDriver::new(mem, &layout, opts).unwrap();
     negotiate(&mut fe, REPLY_ACK | MQ | STATUS, features);
     fe.set_status(ACK_DRIVER | FEATURES_OK, true).unwrap();

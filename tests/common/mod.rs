@@ -29,6 +29,18 @@ pub const REPLY_ACK: u64 = 1 << 3;
 pub const NET_MTU: u64 = 1 << 4;
 /// VIRTIO_NET_F_MTU (a virtio feature bit).
 pub const F_MTU: u64 = 1 << 3;
+/// Offload feature bits (virtio 1.2 §5.1.3).
+pub const CSUM: u64 = 1;
+pub const GUEST_CSUM: u64 = 1 << 1;
+pub const GUEST_TSO4: u64 = 1 << 7;
+pub const GUEST_TSO6: u64 = 1 << 8;
+pub const GUEST_ECN: u64 = 1 << 9;
+pub const HOST_TSO4: u64 = 1 << 11;
+pub const HOST_TSO6: u64 = 1 << 12;
+pub const HOST_ECN: u64 = 1 << 13;
+/// Every offload the switch offers.
+pub const OFFLOADS: u64 =
+    CSUM | GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN | HOST_TSO4 | HOST_TSO6 | HOST_ECN;
 pub const CONFIG: u64 = 1 << 9;
 pub const MEM_SLOTS: u64 = 1 << 15;
 pub const STATUS: u64 = 1 << 16;

@@ -248,6 +248,8 @@ pub struct NetDriver<'m> {
     used: Vec<UsedElem>,
     /// Receive assembly buffer.
     scratch: Vec<u8>,
+    /// The net header of the frame last gathered (its first `hdr_len` bytes are valid).
+    rx_hdr: [u8; NET_HDR_MRG_LEN],
     rx_kick: Option<EventFd>,
     tx_kick: Option<EventFd>,
     counters: NetCounters,
@@ -316,6 +318,7 @@ impl<'m> NetDriver<'m> {
             pending: Vec::with_capacity(usize::from(max_segs)),
             used: vec![UsedElem::default(); RECLAIM_BATCH],
             scratch: vec![0; MAX_RX_FRAME.max(layout.buf_size as usize)],
+            rx_hdr: [0; NET_HDR_MRG_LEN],
             rx_kick: None,
             tx_kick: None,
             counters: NetCounters::default(),
@@ -604,6 +607,12 @@ impl<'m> NetDriver<'m> {
     /// too long a frame) drops that frame, is counted in `rx_errors` and returned; frames
     /// before it were delivered.
     pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
+        self.recv_with_header(|_, frame| f(frame))
+    }
+
+    /// [`NetDriver::recv`], giving `f` each frame's net header (`hdr_len` bytes, as the
+    /// device wrote it: offload flags, GSO fields, num_buffers) before the frame.
+    pub fn recv_with_header(&mut self, mut f: impl FnMut(&[u8], &[u8])) -> Result<usize> {
         let was_broken = self.rx.broken().is_some();
         let burst = self.recv_burst(&mut f);
         if matches!(burst, Err(Error::Device(_))) && !was_broken {
@@ -624,7 +633,7 @@ impl<'m> NetDriver<'m> {
         self.recv(|frame| out.push(frame.to_vec()))
     }
 
-    fn recv_burst(&mut self, f: &mut impl FnMut(&[u8])) -> Result<usize> {
+    fn recv_burst(&mut self, f: &mut impl FnMut(&[u8], &[u8])) -> Result<usize> {
         let mut left = self.rx.used_pending()?;
         let mut n = 0;
         while left > 0 {
@@ -633,7 +642,7 @@ impl<'m> NetDriver<'m> {
             let len = self.gather(first, &mut left)?;
             self.counters.received += 1;
             self.counters.received_bytes += len as u64;
-            f(&self.scratch[..len]);
+            f(&self.rx_hdr[..self.hdr_len], &self.scratch[..len]);
             n += 1;
         }
         Ok(n)
@@ -685,6 +694,7 @@ impl<'m> NetDriver<'m> {
             }
             .into());
         }
+        self.mem.read(off0, &mut self.rx_hdr[..hdr])?;
         // len0 <= buf_size <= scratch.len() (checked by the queue against the posted size).
         let mut total = len0 - hdr;
         self.mem
