@@ -407,7 +407,9 @@ fn check_conservation(d: &Daemon, tp: &TestpmdTotals) -> u64 {
         "testpmd received {} of {delivered} delivered",
         tp.rx
     );
-    assert!(tp.rx > 10_000, "hardly any traffic: {tp:?}");
+    // The 2048 frames `start tx_first 64` injects went round the loop more than twice (a
+    // rate would depend on how busy the machine is).
+    assert!(tp.rx > 2 * 2048, "hardly any traffic: {tp:?}");
     tp.rx
 }
 

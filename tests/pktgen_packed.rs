@@ -183,7 +183,9 @@ fn check(r: &Report, t: &Totals, in_order: bool) {
         assert_eq!(p.error, None, "{table}");
     }
     for d in &r.directions {
-        assert!(d.received > 10_000, "hardly any traffic:\n{table}");
+        // Several times round the 1024-entry rings, both wrap counters flipped (a rate
+        // would depend on how busy the machine is).
+        assert!(d.received > 4 * 1024, "hardly any traffic:\n{table}");
         assert_eq!(
             (d.corrupted, d.duplicated, d.reordered),
             (0, 0, 0),
