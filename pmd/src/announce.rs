@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use crate::chain::{Direction, Segments};
 use crate::copy;
+use crate::forward::{stop_ring, stop_rx_ring_at_bad_chain};
 use crate::net::{RarpAnnouncement, VirtioNetHdr};
-use crate::queue::{broken, Cursor, RingRuntime, RingView};
+use crate::queue::{Cursor, RingRuntime, RingView};
 use crate::ring::DeviceRing;
 use crate::snapshot::PortSnapshot;
 use crate::stats::{DropReason, QueueStats};
@@ -128,26 +129,13 @@ fn put<R: DeviceRing>(
         Ok(Some(chain)) => chain,
         Ok(None) => return Err(DropReason::NoRxBuffer),
         Err(why) => {
-            if rx.shared.mark_broken(why) {
-                tracing::error!(
-                    port,
-                    ring = rx.shared.index(),
-                    "RX ring broken while delivering an announcement: ring stopped"
-                );
-            }
+            stop_ring(rx, why, port);
             return Err(DropReason::RxRingUnavailable);
         }
     };
     if let Err(e) = chain.walked {
         *cur = start;
-        if rx.shared.mark_broken(broken::BAD_HEAD) {
-            tracing::error!(
-                port,
-                ring = rx.shared.index(),
-                id = chain.head.id,
-                "bad RX descriptor chain: {e}: ring stopped"
-            );
-        }
+        stop_rx_ring_at_bad_chain(rx, port, chain.head.id, e);
         return Err(DropReason::RxBadDescriptor);
     }
     if segs.total_len() < need {

@@ -219,7 +219,7 @@ fn forward_burst<R: DeviceRing>(
 }
 
 /// Marks a ring broken and logs why, once.
-fn stop_ring(rt: &RingRuntime, why: u8, port: usize) {
+pub(crate) fn stop_ring(rt: &RingRuntime, why: u8, port: usize) {
     if rt.shared.mark_broken(why) {
         let what = match why {
             broken::AVAIL_JUMP => "avail index jumped beyond the ring size",
@@ -228,6 +228,19 @@ fn stop_ring(rt: &RingRuntime, why: u8, port: usize) {
             _ => "ring not in its memory map",
         };
         tracing::error!(port, ring = rt.shared.index(), "{what}: ring stopped");
+    }
+}
+
+/// Marks RX ring `rx` of `port` broken for the bad chain `id` the driver offered (a guest
+/// that gives the switch bad buffers to fill gets no more frames), and logs it once.
+pub(crate) fn stop_rx_ring_at_bad_chain(rx: &RingRuntime, port: usize, id: u16, e: ChainError) {
+    if rx.shared.mark_broken(broken::BAD_HEAD) {
+        tracing::error!(
+            port,
+            ring = rx.shared.index(),
+            id,
+            "bad RX descriptor chain: {e}: ring stopped"
+        );
     }
 }
 
@@ -652,14 +665,7 @@ fn reserve<R: DeviceRing>(
         };
         if let Err(e) = chain.walked {
             undo(scratch, cur);
-            if rx.shared.mark_broken(broken::BAD_HEAD) {
-                tracing::error!(
-                    port,
-                    ring = rx.shared.index(),
-                    id = chain.head.id,
-                    "bad RX descriptor chain: {e}: ring stopped"
-                );
-            }
+            stop_rx_ring_at_bad_chain(rx, port, chain.head.id, e);
             return Err(DropReason::RxBadDescriptor);
         }
         // The copy overwrites the buffer's first lines (header and frame), which the
